@@ -1,0 +1,188 @@
+"""DARTS, first order: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
+
+Paper: https://arxiv.org/abs/1806.09055 -- official code: https://github.com/quark0/darts (cnn/)
+
+What this file implements: every edge of a supernet mixes its candidate ops with weights softmax(alpha)
+(PAPER: Eq. 2); the architecture logits alpha are trained by Adam on the loss of an architecture batch, the
+network weights by SGD on a training batch, alternating every step; first order, i.e. the gradient of alpha is
+taken at the current weights (PAPER: Eq. 6 with xi = 0). At the end each node keeps its two strongest incoming
+edges with their strongest non-`none` op (DARTS space), or each edge its strongest op (NB201).
+Bilevel by default (weights on one half of the training set, alpha on the other); `--single-level` trains both
+on the whole training set (the ERM variant that GAEA studies).
+
+Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs):
+    python algos/darts.py
+NAS-Bench-201's DARTS-V1 baseline, with the benchmark's accuracy of the derived cell each epoch:
+    python algos/darts.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+Offline quick start on the real CIFAR-10 subset:
+    python algos/darts.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_here = Path(__file__).resolve().parent
+if not (_here / "spaces.py").exists():  # repository layout: algos/ beside spaces.py and data.py
+    sys.path.insert(0, str(_here.parent))
+import data  # noqa: E402
+import spaces  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="First-order DARTS search (defaults: the paper's CIFAR-10 search).")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
+    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
+    p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
+    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=int, default=50, help="search epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of the architecture logits")
+    p.add_argument("--arch-betas", type=float, nargs=2, default=(0.5, 0.999), help="Adam betas of the architecture logits")
+    p.add_argument("--arch-wd", type=float, default=1e-3, help="Adam weight decay of the architecture logits")
+    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--seed", type=int, default=2, help="random seed")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", default=None, help="default: darts_{space}_{dataset}_s{seed}")
+    args = p.parse_args(argv)
+    if args.nb201_table and args.space != "nb201":
+        p.error("--nb201-table needs --space nb201")
+    return args
+
+
+# ALGO LOGIC: architecture parameters are unconstrained logits, one matrix per group (cell type),
+# shared by every cell of that type; DARTS initialises them at 1e-3 * N(0, 1).
+def init_alphas(space, device) -> dict[str, nn.Parameter]:
+    return {g: nn.Parameter(1e-3 * torch.randn(*shape, device=device)) for g, shape in space.arch_shapes().items()}
+
+
+# ALGO LOGIC: continuous relaxation, mixture weights = softmax over each edge's ops. PAPER: Eq. (2)
+def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {g: F.softmax(a, dim=-1) for g, a in alphas.items()}
+
+
+def mean_entropy(weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean entropy (nats) of the rows of each group: how far the search is from a discrete choice."""
+    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
+
+
+def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
+    """One Adam step on alpha with the architecture batch, at the current weights (first order). PAPER: Eq. (6), xi=0"""
+    arch_opt.zero_grad(set_to_none=True)
+    logits = model(x, mixture_weights(alphas))
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    arch_opt.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def weight_step(model, alphas, opt, x, y, grad_clip) -> tuple[float, float]:
+    """One SGD step on the supernet weights with the training batch, alpha fixed."""
+    opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        weights = mixture_weights(alphas)
+    logits = model(x, weights)
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def derive_genotype(space, alphas):
+    """DARTS space: top-2 incoming edges per node by their best non-`none` op weight; NB201: argmax per edge;
+    1Shot1: argmax op per node and top-k inputs (spaces.*Space.derive)."""
+    with torch.no_grad():
+        return space.derive(mixture_weights(alphas))
+
+
+@torch.no_grad()
+def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
+    model.eval()
+    weights, loss, correct, n = mixture_weights(alphas), 0.0, 0, 0
+    for x, y in loader:
+        x, y = augment(x.to(device)), y.to(device)
+        logits = model(x, weights)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    return loss / n, correct / n
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    # everything that can fail on bad input happens before the run directory exists
+    space = spaces.get_space(args.space)
+    paired, test_loader, info = data.search_loaders(
+        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
+        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+    table = data.load_table(args.nb201_table) if args.nb201_table else None
+    model = space.supernet(args.C, args.layers, info.num_classes).to(device)
+    alphas = init_alphas(space, device)
+    opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
+    arch_opt = torch.optim.Adam(alphas.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
+    gen = torch.Generator().manual_seed(args.seed)
+    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+
+    run_name = args.run_name or f"darts_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
+    log = data.RunLogger(args.out_dir, run_name, vars(args))
+    for epoch in range(1, args.epochs + 1):
+        t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
+        for (x, y), (xa, ya) in paired:
+            x, y = augment(x.to(device)), y.to(device)
+            xa, ya = augment(xa.to(device)), ya.to(device)
+            # ALGO LOGIC: architecture step first, then weight step (DARTS' order)
+            arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
+            train_loss, train_acc = weight_step(model, alphas, opt, x, y, args.grad_clip)
+            for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
+                sums[k] += v
+        sched.step()
+        genotype = derive_genotype(space, alphas)
+        metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "lr": sched.get_last_lr()[0],
+                   "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
+        with torch.no_grad():
+            metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
+        if table is not None:
+            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        log.log(metrics)
+        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_c10_test_200"))
+
+    test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
+    genotype = derive_genotype(space, alphas)
+    result = {"algorithm": "darts", "search_space": args.space, "genotype": genotype.to_json(),
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "search_time_s": time.time() - log.start,
+              "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()}}
+    log.write_json("genotype.json", result)
+    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
+    print(f"genotype: {genotype}\nresults in {log.path}")
+    return {**result, "run_dir": str(log.path)}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,906 @@
+"""spaces.py -- what every nasref algorithm shares and none tunes.
+
+Contents, top to bottom:
+  1. Op primitives under their standard names: the DARTS 8 ops, NASP's extra ops for its 12-op
+     space, the NAS-Bench-201 ops and the NAS-Bench-1Shot1 ops (`OPS`, `make_op`).
+  2. `MixedEdge`: the candidate ops of one edge and the ways to run them (a full weighted sum, one op
+     by index, one op scaled by its straight-through weight). How the weights are *produced*
+     (softmax, simplex, Gumbel, prox, sampling) is algorithm logic and lives in each algos file.
+     A weight vector without gradient runs only its non-zero ops; `none` is never computed.
+  3. Search supernets: the DARTS cell space (2 inputs + 4 nodes, 14 edges, 8 cells, reductions at 1/3
+     and 2/3), NAS-Bench-201 (4 nodes, 6 edges, 3 stages of N cells) and NAS-Bench-1Shot1 spaces 1-3.
+     Every supernet takes an `edge` factory so an algorithm can plug its own edge module in (e.g.
+     partial channels), and `forward(x, arch)` with `arch` a dict {group: per-row spec}.
+  4. Space descriptions (`get_space`): architecture-parameter shapes per group and the standard
+     derivation of a discrete architecture from (positive) weights.
+  5. Genotypes: DARTS genotype, NB201 arch string, NB101 spec; JSON round trip, parsing with clear
+     errors, DOT pictures, published genotypes by name.
+  6. Discrete networks: the DARTS evaluation network (auxiliary head, drop path) and the NB201 network.
+
+Facts (op definitions, macro layouts, parameter counts) follow the public DARTS, NAS-Bench-201,
+NAS-Bench-1Shot1 and NASP code as summarised in ../shared/reference/; no code was copied.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SpaceError(ValueError):
+    """Unknown space or op, or an architecture that does not fit its space."""
+
+
+class GenotypeError(ValueError):
+    """Malformed genotype / arch string / NB101 spec."""
+
+
+# ===================================================================================== 1. ops ====
+class ReLUConvBN(nn.Sequential):
+    """ReLU -> Conv -> BN (DARTS preprocessing, NB201 `nor_conv_kxk`, NASP `conv_kxk`)."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, dilation=1, affine=True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel, stride, padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class ConvBnRelu(nn.Sequential):
+    """Conv -> BN -> ReLU, the NAS-Bench-101 / 1Shot1 convolution (stride 1, 'same' padding)."""
+
+    def __init__(self, C_in, C_out, kernel, affine=True):
+        super().__init__(
+            nn.Conv2d(C_in, C_out, kernel, 1, kernel // 2, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+            nn.ReLU(inplace=False),
+        )
+
+
+class DilConv(nn.Sequential):
+    """ReLU -> depthwise (dilated) conv -> pointwise conv -> BN."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine=True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_in, kernel, stride, padding, dilation=dilation, groups=C_in, bias=False),
+            nn.Conv2d(C_in, C_out, 1, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked DilConv(dilation 1); only the first one has the stride."""
+
+    def __init__(self, C_in, C_out, kernel, stride, padding, affine=True):
+        super().__init__(
+            DilConv(C_in, C_in, kernel, stride, padding, 1, affine),
+            DilConv(C_in, C_out, kernel, 1, padding, 1, affine),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """Halve the resolution with two offset 1x1 stride-2 convs (C_out/2 channels each), then BN."""
+
+    def __init__(self, C_in, C_out, affine=True):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x):
+        x = self.relu(x)
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]  # one-pixel offset, same size as x (odd sizes work)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+class Zero(nn.Module):
+    """The `none` op: zeros at the output resolution."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+def _conv_3x1_1x3(C, stride, affine):
+    return nn.Sequential(
+        nn.ReLU(inplace=False),
+        nn.Conv2d(C, C, (1, 3), stride=(1, stride), padding=(0, 1), bias=False),
+        nn.Conv2d(C, C, (3, 1), stride=(stride, 1), padding=(1, 0), bias=False),
+        nn.BatchNorm2d(C, affine=affine),
+    )
+
+
+def _stride1(name, module):
+    def build(C, stride, affine):
+        if stride != 1:
+            raise SpaceError(f"op {name!r} only exists with stride 1")
+        return module(C, affine)
+    return build
+
+
+# name -> factory(C, stride, affine). Every op maps C channels to C channels.
+OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
+    # DARTS (Liu et al. 2019)
+    "none": lambda C, s, a: Zero(s),
+    "max_pool_3x3": lambda C, s, a: nn.MaxPool2d(3, s, 1),
+    "avg_pool_3x3": lambda C, s, a: nn.AvgPool2d(3, s, 1, count_include_pad=False),  # NB201's is the same
+    "skip_connect": lambda C, s, a: nn.Identity() if s == 1 else FactorizedReduce(C, C, a),
+    "sep_conv_3x3": lambda C, s, a: SepConv(C, C, 3, s, 1, a),
+    "sep_conv_5x5": lambda C, s, a: SepConv(C, C, 5, s, 2, a),
+    "dil_conv_3x3": lambda C, s, a: DilConv(C, C, 3, s, 2, 2, a),
+    "dil_conv_5x5": lambda C, s, a: DilConv(C, C, 5, s, 4, 2, a),
+    # NASP's 12-op space (Yao et al. 2020; official names `conv 1x1`, `conv 3x3`, `sep_7x7`)
+    "conv_1x1": lambda C, s, a: ReLUConvBN(C, C, 1, s, 0, affine=a),
+    "conv_3x3": lambda C, s, a: ReLUConvBN(C, C, 3, s, 1, affine=a),
+    "conv_3x1_1x3": _conv_3x1_1x3,
+    "sep_conv_7x7": lambda C, s, a: SepConv(C, C, 7, s, 3, a),
+    "max_pool_5x5": lambda C, s, a: nn.MaxPool2d(5, s, 2),
+    "max_pool_7x7": lambda C, s, a: nn.MaxPool2d(7, s, 3),
+    # NAS-Bench-201 (Dong & Yang 2020): ReLU-Conv-BN
+    "nor_conv_1x1": lambda C, s, a: ReLUConvBN(C, C, 1, s, 0, affine=a),
+    "nor_conv_3x3": lambda C, s, a: ReLUConvBN(C, C, 3, s, 1, affine=a),
+    # NAS-Bench-101 / 1Shot1 (Ying et al. 2019; Zela et al. 2020): Conv-BN-ReLU
+    "conv3x3-bn-relu": _stride1("conv3x3-bn-relu", lambda C, a: ConvBnRelu(C, C, 3, a)),
+    "conv1x1-bn-relu": _stride1("conv1x1-bn-relu", lambda C, a: ConvBnRelu(C, C, 1, a)),
+    "maxpool3x3": _stride1("maxpool3x3", lambda C, a: nn.MaxPool2d(3, 1, 1)),
+}
+
+DARTS_OPS = ["none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+             "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"]
+NASP_NORMAL_OPS = ["skip_connect", "conv_3x1_1x3", "dil_conv_3x3", "conv_1x1",
+                   "conv_3x3", "sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7"]
+NASP_REDUCE_OPS = ["skip_connect", "avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"]
+NB201_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+NB1SHOT1_OPS = ["maxpool3x3", "conv3x3-bn-relu", "conv1x1-bn-relu"]  # 1Shot1's PRIMITIVES order
+
+
+def make_op(name: str, C: int, stride: int, affine: bool, pool_bn: bool = False) -> nn.Module:
+    """Build op `name`. `pool_bn` appends a non-affine BN to pools (the DARTS search supernet does)."""
+    if name not in OPS:
+        raise SpaceError(f"unknown op {name!r}; known ops: {', '.join(OPS)}")
+    op = OPS[name](C, stride, affine)
+    if pool_bn and "pool" in name:
+        op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op
+
+
+# ============================================================================ 2. MixedEdge ====
+def _scale(w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """w * y for a scalar weight or a per-sample weight vector (B,)."""
+    return w * y if w.dim() == 0 else w.view(-1, *([1] * (y.dim() - 1))) * y
+
+
+class MixedEdge(nn.Module):
+    """All candidate ops of one edge. `forward(x, spec)` with spec:
+      - None          -> None (edge dropped; the cell skips it)
+      - int k         -> op_k(x): only that op is computed
+      - (w, k)        -> w[k] * op_k(x): only op k is computed, w[k] carries the gradient (straight-through)
+      - tensor w (K,) or per-sample (B, K) -> sum_k w_k op_k(x). If w needs no gradient only its
+                         non-zero entries are computed (one-hot weights run one op). `none` is never run:
+                         its output is zero, so it adds nothing to the value or to any gradient.
+    """
+
+    def __init__(self, C: int, stride: int, op_names: Sequence[str], pool_bn: bool = False, affine: bool = False):
+        super().__init__()
+        self.op_names = list(op_names)
+        self.stride = stride
+        self.ops = nn.ModuleList(make_op(n, C, stride, affine, pool_bn) for n in self.op_names)
+        self.computable = [k for k, n in enumerate(self.op_names) if n != "none"]
+
+    def forward(self, x: torch.Tensor, spec):
+        if spec is None:
+            return None
+        if isinstance(spec, int):
+            return self.ops[spec](x)
+        if isinstance(spec, tuple):
+            w, k = spec
+            return _scale(w[..., int(k)], self.ops[int(k)](x))
+        w = spec
+        active = self.computable
+        if not w.requires_grad:
+            nonzero = (w != 0).reshape(-1, w.shape[-1]).any(0).tolist()
+            active = [k for k in active if nonzero[k]]
+        if not active:  # only `none` (or nothing) has weight: the edge outputs zeros
+            return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+        out = None
+        for k in active:
+            y = _scale(w[..., k], self.ops[k](x))
+            out = y if out is None else out + y
+        return out
+
+
+EdgeFactory = Callable[..., nn.Module]  # edge(C, stride, op_names, pool_bn) -> module with forward(x, spec)
+
+
+def _node_sum(terms: list, node: int) -> torch.Tensor:
+    if not terms:
+        raise SpaceError(f"node {node} has no active incoming edge")
+    out = terms[0]
+    for t in terms[1:]:
+        out = out + t
+    return out
+
+
+def _run_edges(edges, states, specs, edge_weights, start):
+    """Sum of the edges into one node from all current states; returns (node tensor, next edge index)."""
+    terms, e = [], start
+    for h in states:
+        y = edges[e](h, specs[e])
+        if y is not None:
+            terms.append(y if edge_weights is None else _scale(edge_weights[e], y))
+        e += 1
+    return _node_sum(terms, len(states)), e
+
+
+# ================================================================ 3a. DARTS cell search space ====
+class DartsSearchCell(nn.Module):
+    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, op_names, edge: EdgeFactory, steps=4, multiplier=4):
+        super().__init__()
+        self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
+        self.pre0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine=False)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            edge(C, 2 if reduction and j < 2 else 1, op_names, True) for i in range(steps) for j in range(2 + i))
+
+    def forward(self, s0, s1, specs, edge_weights=None):
+        states, e = [self.pre0(s0), self.pre1(s1)], 0
+        for _ in range(self.steps):
+            node, e = _run_edges(self.edges, states, specs, edge_weights, e)
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class DartsSupernet(nn.Module):
+    """DARTS search network: stem (3C) -> `layers` cells, reductions at layers//3 and 2*layers//3 -> GAP -> linear.
+    forward(x, arch, edge_weights=None): arch = {"normal": specs[14], "reduce": specs[14]}, optional
+    edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation)."""
+
+    def __init__(self, C=16, layers=8, num_classes=10, ops_normal=DARTS_OPS, ops_reduce=None,
+                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3):
+        super().__init__()
+        ops_reduce = ops_normal if ops_reduce is None else ops_reduce
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells, reduction_prev = nn.ModuleList(), False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_curr = C_curr * 2 if reduction else C_curr
+            ops = ops_reduce if reduction else ops_normal
+            self.cells.append(DartsSearchCell(C_pp, C_p, C_curr, reduction, reduction_prev, ops, edge, steps, multiplier))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_curr
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x, arch, edge_weights=None):
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            ct = "reduce" if cell.reduction else "normal"
+            s0, s1 = s1, cell(s0, s1, arch[ct], None if edge_weights is None else edge_weights[ct])
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+
+
+# ================================================================= 3b. NAS-Bench-201 space ====
+class ResNetBasicBlock(nn.Module):
+    """NB201's reduction block: ReLUConvBN 3x3 (stride) -> ReLUConvBN 3x3; shortcut AvgPool(2) + 1x1 conv."""
+
+    def __init__(self, C_in, C_out, stride):
+        super().__init__()
+        self.conv_a = ReLUConvBN(C_in, C_out, 3, stride, 1)
+        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
+        if stride == 2:
+            self.shortcut = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(C_in, C_out, 1, bias=False))
+        elif C_in != C_out:
+            self.shortcut = ReLUConvBN(C_in, C_out, 1, 1, 0)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x):
+        return self.shortcut(x) + self.conv_b(self.conv_a(x))
+
+
+class NB201SearchCell(nn.Module):
+    """4 nodes, edge i<-j for j<i in the order 1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2; output = node 3."""
+
+    def __init__(self, C, op_names, edge: EdgeFactory, nodes=4):
+        super().__init__()
+        self.nodes = nodes
+        self.edges = nn.ModuleList(edge(C, 1, op_names, False) for i in range(1, nodes) for j in range(i))
+
+    def forward(self, x, specs, edge_weights=None):
+        states, e = [x], 0
+        for _ in range(1, self.nodes):
+            node, e = _run_edges(self.edges, states, specs, edge_weights, e)
+            states.append(node)
+        return states[-1]
+
+
+def _nb201_macro(C, N, make_cell):
+    """stem -> N cells @C -> block -> N cells @2C -> block -> N cells @4C (shared by search and inference)."""
+    layers, C_prev = [], C
+    for stage, C_stage in enumerate((C, 2 * C, 4 * C)):
+        if stage > 0:
+            layers.append(ResNetBasicBlock(C_prev, C_stage, 2))
+        layers.extend(make_cell(C_stage) for _ in range(N))
+        C_prev = C_stage
+    stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+    head = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=False))
+    return stem, nn.ModuleList(layers), head, C_prev
+
+
+class NB201Supernet(nn.Module):
+    """NAS-Bench-201 search network (cells with non-affine BN, one architecture shared by all 15 cells).
+    forward(x, arch, edge_weights=None): arch = {"normal": specs[6]}."""
+
+    def __init__(self, C=16, N=5, num_classes=10, op_names=NB201_OPS, edge: EdgeFactory = MixedEdge):
+        super().__init__()
+        self.stem, self.layers, self.head, C_last = _nb201_macro(C, N, lambda c: NB201SearchCell(c, op_names, edge))
+        self.classifier = nn.Linear(C_last, num_classes)
+
+    def forward(self, x, arch, edge_weights=None):
+        x = self.stem(x)
+        for layer in self.layers:
+            if isinstance(layer, NB201SearchCell):
+                x = layer(x, arch["normal"], None if edge_weights is None else edge_weights["normal"])
+            else:
+                x = layer(x)
+        return self.classifier(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
+
+
+# ============================================================== 3c. NAS-Bench-1Shot1 spaces ====
+# Per space: parents of each choice node (1..n) and of the output node. Node 0 is the cell input.
+# A node with fewer candidate parents than required has a fixed parent set (no weights).
+NB1SHOT1_LAYOUT = {
+    1: {"node_parents": (1, 2, 2, 2), "output_parents": 2},
+    2: {"node_parents": (1, 1, 2, 2), "output_parents": 3},
+    3: {"node_parents": (1, 1, 1, 2, 2), "output_parents": 2},
+}
+
+
+def nb1shot1_choice_nodes(space_id: int) -> list[int]:
+    """Choice nodes b whose inputs are weighted (b candidates: node 0..b-1, more than the parents needed)."""
+    parents = NB1SHOT1_LAYOUT[space_id]["node_parents"]
+    return [b for b in range(1, len(parents) + 1) if b > parents[b - 1]]
+
+
+class OneShotCell(nn.Module):
+    """1Shot1 one-shot cell: choice block b = MixedEdge(sum_j w_bj * h_j) over h_0 = proj_b(input), h_1..h_{b-1};
+    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b)."""
+
+    def __init__(self, C_in, C, space_id, edge: EdgeFactory):
+        super().__init__()
+        self.n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
+        self.weighted = set(nb1shot1_choice_nodes(space_id))
+        self.proj = nn.ModuleList(ConvBnRelu(C_in, C, 1, affine=False) for _ in range(self.n))
+        self.proj_out = ConvBnRelu(C_in, C * self.n, 1, affine=False)
+        self.blocks = nn.ModuleList(edge(C, 1, NB1SHOT1_OPS, False) for _ in range(self.n))
+
+    def forward(self, s0, arch):
+        outs, w_out = [], arch["out"][0]
+        for b in range(1, self.n + 1):
+            inputs = [self.proj[b - 1](s0)] + outs
+            if b in self.weighted:
+                w_in = arch[f"in{b}"][0]
+                x = _node_sum([_scale(w_in[j], h) for j, h in enumerate(inputs)], b)
+            else:
+                x = _node_sum(inputs, b)
+            outs.append(self.blocks[b - 1](x, arch["ops"][b - 1]))
+        cat = torch.cat([_scale(w_out[b + 1], h) for b, h in enumerate(outs)], dim=1)
+        return cat + _scale(w_out[0], self.proj_out(s0))
+
+
+class NB1Shot1Supernet(nn.Module):
+    """stem ConvBnRelu(3->C) -> 3 stacks of `cells_per_stack` cells (max-pool 2x2 and channel doubling between
+    stacks) -> ReLU-conv1x1-BN to C_stack -> GAP -> linear. arch = {"ops": specs[n], "out": (1, n+1),
+    "in{b}": (1, b) per choice node}; one architecture shared by all cells."""
+
+    def __init__(self, space_id=1, C=16, cells_per_stack=3, num_classes=10, edge: EdgeFactory = MixedEdge):
+        super().__init__()
+        n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
+        self.stem = ConvBnRelu(3, C, 3, affine=False)
+        self.layers, C_in = nn.ModuleList(), C
+        for stack in range(3):
+            C_stack = C * 2 ** stack
+            if stack > 0:
+                # DEVIATION: 1Shot1 uses MaxPool2d(2, 2, padding=1) (32->17->9); we use NB101's padding 0 (32->16->8).
+                self.layers.append(nn.MaxPool2d(2, 2))
+            for _ in range(cells_per_stack):
+                self.layers.append(OneShotCell(C_in, C_stack, space_id, edge))
+                C_in = C_stack * n
+        self.post = ReLUConvBN(C_in, C_stack, 1, 1, 0, affine=False)
+        self.classifier = nn.Linear(C_stack, num_classes)
+
+    def forward(self, x, arch, edge_weights=None):
+        if edge_weights is not None:
+            raise SpaceError("NAS-Bench-1Shot1 has no per-edge weights: its input weights are the 'in{b}' groups")
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x, arch) if isinstance(layer, OneShotCell) else layer(x)
+        return self.classifier(F.adaptive_avg_pool2d(self.post(x), 1).flatten(1))
+
+
+# ========================================================================= 5. genotypes ====
+# (defined before the space descriptions, which return them)
+def _check_ops(ops, allowed, what):
+    for op in ops:
+        if op not in allowed:
+            raise GenotypeError(f"{what}: unknown op {op!r}; expected one of {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class DartsGenotype:
+    """DARTS cell genotype: per cell type a list of (op, input) pairs, two per intermediate node, and the
+    nodes concatenated at the output (inputs 0, 1 are the two cell inputs; node k is index k + 2)."""
+
+    normal: tuple
+    normal_concat: tuple
+    reduce: tuple
+    reduce_concat: tuple
+    space = "darts"
+
+    def __post_init__(self):
+        for ct in ("normal", "reduce"):
+            pairs, concat = getattr(self, ct), getattr(self, ct + "_concat")
+            if len(pairs) == 0 or len(pairs) % 2:
+                raise GenotypeError(f"DARTS genotype: {ct} needs two (op, input) pairs per node, got {len(pairs)}")
+            for i, pair in enumerate(pairs):
+                if len(pair) != 2 or not isinstance(pair[1], int) or not 0 <= pair[1] < 2 + i // 2:
+                    raise GenotypeError(f"DARTS genotype: {ct}[{i}] = {pair!r} is not (op, input < {2 + i // 2})")
+            _check_ops([p[0] for p in pairs], [o for o in OPS if o != "none"], f"DARTS genotype {ct}")
+            if not concat or any(not 2 <= c < 2 + len(pairs) // 2 for c in concat):
+                raise GenotypeError(f"DARTS genotype: bad {ct}_concat {list(concat)}")
+
+    def to_json(self) -> dict:
+        return {"space": "darts", "normal": [list(p) for p in self.normal], "normal_concat": list(self.normal_concat),
+                "reduce": [list(p) for p in self.reduce], "reduce_concat": list(self.reduce_concat)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DartsGenotype":
+        try:
+            return cls(tuple((str(op), int(j)) for op, j in d["normal"]), tuple(int(c) for c in d["normal_concat"]),
+                       tuple((str(op), int(j)) for op, j in d["reduce"]), tuple(int(c) for c in d["reduce_concat"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise GenotypeError(f"malformed DARTS genotype JSON ({type(err).__name__}: {err})") from err
+
+    def __str__(self):
+        return (f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={list(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+
+@dataclass(frozen=True)
+class NB201Genotype:
+    """NAS-Bench-201 cell: nodes[i-1] = ((op, j) for j in 0..i-1), i = 1..3. str() is the benchmark's arch string."""
+
+    nodes: tuple
+    space = "nb201"
+
+    def __post_init__(self):
+        if len(self.nodes) != 3:
+            raise GenotypeError(f"NB201 genotype needs 3 nodes, got {len(self.nodes)}")
+        for i, node in enumerate(self.nodes, start=1):
+            if [j for _, j in node] != list(range(i)):
+                raise GenotypeError(f"NB201 node {i} must list inputs 0..{i - 1} in order, got {list(node)}")
+            _check_ops([op for op, _ in node], NB201_OPS, "NB201 arch")
+
+    @classmethod
+    def from_str(cls, s: str) -> "NB201Genotype":
+        nodes = []
+        for part in s.strip().split("+"):
+            if not (part.startswith("|") and part.endswith("|")) or len(part) < 3:
+                raise GenotypeError(f"malformed NB201 arch string {s!r}: node {part!r} is not '|op~j|...|'")
+            node = []
+            for item in part[1:-1].split("|"):
+                op, sep, j = item.partition("~")
+                if not sep or not j.isdigit():
+                    raise GenotypeError(f"malformed NB201 arch string {s!r}: {item!r} is not 'op~j'")
+                node.append((op, int(j)))
+            nodes.append(tuple(node))
+        return cls(tuple(nodes))
+
+    def __str__(self):
+        return "+".join("|" + "|".join(f"{op}~{j}" for op, j in node) + "|" for node in self.nodes)
+
+    def to_json(self) -> dict:
+        return {"space": "nb201", "arch_str": str(self)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "NB201Genotype":
+        if not isinstance(d.get("arch_str"), str):
+            raise GenotypeError("malformed NB201 genotype JSON: needs a string 'arch_str'")
+        return cls.from_str(d["arch_str"])
+
+
+NB101_OPS = ("conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3")
+
+
+@dataclass(frozen=True)
+class NB101Spec:
+    """NAS-Bench-101 cell: upper-triangular 0/1 adjacency (<= 7 vertices, <= 9 edges) and one op per vertex,
+    first 'input', last 'output'."""
+
+    matrix: tuple
+    ops: tuple
+    space = "nb101"
+
+    def __post_init__(self):
+        n = len(self.matrix)
+        if not 2 <= n <= 7 or any(len(r) != n for r in self.matrix):
+            raise GenotypeError(f"NB101 spec: matrix must be square with 2..7 vertices, got {n} rows")
+        if any(v not in (0, 1) for r in self.matrix for v in r):
+            raise GenotypeError("NB101 spec: matrix entries must be 0 or 1")
+        if any(self.matrix[i][j] for i in range(n) for j in range(i + 1)):
+            raise GenotypeError("NB101 spec: matrix must be strictly upper triangular (a DAG in vertex order)")
+        if sum(map(sum, self.matrix)) > 9:
+            raise GenotypeError(f"NB101 spec: {sum(map(sum, self.matrix))} edges, at most 9 allowed")
+        if len(self.ops) != n or self.ops[0] != "input" or self.ops[-1] != "output":
+            raise GenotypeError(f"NB101 spec: need {n} ops starting with 'input' and ending with 'output', got {list(self.ops)}")
+        _check_ops(self.ops[1:-1], NB101_OPS, "NB101 spec")
+
+    def pruned(self) -> "NB101Spec":
+        """Drop vertices that are not on an input->output path (as the NB101 API does)."""
+        n = len(self.matrix)
+        fwd, bwd = {0}, {n - 1}
+        for i in range(n):
+            if i in fwd:
+                fwd |= {j for j in range(n) if self.matrix[i][j]}
+        for j in reversed(range(n)):
+            if j in bwd:
+                bwd |= {i for i in range(n) if self.matrix[i][j]}
+        keep = sorted(fwd & bwd)
+        if 0 not in keep or n - 1 not in keep:
+            raise GenotypeError("NB101 spec: the output is not reachable from the input")
+        return NB101Spec(tuple(tuple(self.matrix[i][j] for j in keep) for i in keep), tuple(self.ops[i] for i in keep))
+
+    def to_json(self) -> dict:
+        return {"space": "nb101", "matrix": [list(r) for r in self.matrix], "ops": list(self.ops)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "NB101Spec":
+        try:
+            return cls(tuple(tuple(int(v) for v in r) for r in d["matrix"]), tuple(str(o) for o in d["ops"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise GenotypeError(f"malformed NB101 spec JSON ({type(err).__name__}: {err})") from err
+
+
+GENOTYPE_TYPES = {"darts": DartsGenotype, "nb201": NB201Genotype, "nb101": NB101Spec}
+
+
+def genotype_from_json(d: dict):
+    if not isinstance(d, dict) or d.get("space") not in GENOTYPE_TYPES:
+        raise GenotypeError(f"genotype JSON needs 'space' in {list(GENOTYPE_TYPES)}, got {d.get('space') if isinstance(d, dict) else d!r}")
+    return GENOTYPE_TYPES[d["space"]].from_json(d)
+
+
+def parse_genotype(text: str):
+    """A published genotype name, an NB201 arch string, a JSON object, or a path to a genotype.json."""
+    text = text.strip()
+    if text in PUBLISHED:
+        return PUBLISHED[text]
+    if text.startswith("|"):
+        return NB201Genotype.from_str(text)
+    if text.startswith("{"):
+        try:
+            return genotype_from_json(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise GenotypeError(f"genotype is not valid JSON: {err}") from err
+    try:
+        with open(text) as f:
+            d = json.load(f)
+    except FileNotFoundError as err:
+        raise GenotypeError(f"{text!r} is neither a published genotype ({', '.join(PUBLISHED)}), an NB201 arch "
+                            f"string, JSON, nor an existing genotype.json") from err
+    except json.JSONDecodeError as err:
+        raise GenotypeError(f"{text}: not valid JSON ({err})") from err
+    return genotype_from_json(d.get("genotype", d) if isinstance(d, dict) else d)
+
+
+def _pairs(*flat):
+    return tuple(zip(flat[0::2], flat[1::2]))
+
+
+PUBLISHED = {
+    "DARTS_V1": DartsGenotype(
+        _pairs("sep_conv_3x3", 1, "sep_conv_3x3", 0, "skip_connect", 0, "sep_conv_3x3", 1,
+               "skip_connect", 0, "sep_conv_3x3", 1, "sep_conv_3x3", 0, "skip_connect", 2), (2, 3, 4, 5),
+        _pairs("max_pool_3x3", 0, "max_pool_3x3", 1, "skip_connect", 2, "max_pool_3x3", 0,
+               "max_pool_3x3", 0, "skip_connect", 2, "skip_connect", 2, "avg_pool_3x3", 0), (2, 3, 4, 5)),
+    "DARTS_V2": DartsGenotype(
+        _pairs("sep_conv_3x3", 0, "sep_conv_3x3", 1, "sep_conv_3x3", 0, "sep_conv_3x3", 1,
+               "sep_conv_3x3", 1, "skip_connect", 0, "skip_connect", 0, "dil_conv_3x3", 2), (2, 3, 4, 5),
+        _pairs("max_pool_3x3", 0, "max_pool_3x3", 1, "skip_connect", 2, "max_pool_3x3", 1,
+               "max_pool_3x3", 0, "skip_connect", 2, "skip_connect", 2, "max_pool_3x3", 1), (2, 3, 4, 5)),
+    "PC_DARTS": DartsGenotype(
+        _pairs("sep_conv_3x3", 1, "skip_connect", 0, "sep_conv_3x3", 0, "dil_conv_3x3", 1,
+               "sep_conv_5x5", 0, "sep_conv_3x3", 1, "avg_pool_3x3", 0, "dil_conv_3x3", 1), (2, 3, 4, 5),
+        _pairs("sep_conv_5x5", 1, "max_pool_3x3", 0, "sep_conv_5x5", 1, "sep_conv_5x5", 2,
+               "sep_conv_3x3", 0, "sep_conv_3x3", 3, "sep_conv_3x3", 1, "sep_conv_3x3", 2), (2, 3, 4, 5)),
+    # NASP-codes `genotypes.NASP` (12-op space), official names mapped: `conv 3x3` -> conv_3x3 etc.
+    "NASP": DartsGenotype(
+        _pairs("conv_3x1_1x3", 0, "conv_3x3", 1, "dil_conv_3x3", 2, "conv_3x3", 1,
+               "dil_conv_3x3", 2, "conv_3x3", 0, "skip_connect", 0, "dil_conv_3x3", 3), (2, 3, 4, 5),
+        _pairs("max_pool_3x3", 0, "max_pool_3x3", 1, "skip_connect", 2, "max_pool_5x5", 1,
+               "skip_connect", 2, "skip_connect", 3, "skip_connect", 0, "skip_connect", 1), (2, 3, 4, 5)),
+    "XNAS": DartsGenotype(
+        _pairs("sep_conv_3x3", 1, "skip_connect", 0, "sep_conv_3x3", 0, "sep_conv_3x3", 2,
+               "sep_conv_3x3", 3, "sep_conv_3x3", 1, "dil_conv_5x5", 4, "sep_conv_3x3", 0), (2, 3, 4, 5),
+        _pairs("max_pool_3x3", 0, "avg_pool_3x3", 1, "avg_pool_3x3", 0, "skip_connect", 2,
+               "dil_conv_3x3", 3, "max_pool_3x3", 0, "dil_conv_5x5", 4, "avg_pool_3x3", 0), (2, 3, 4, 5)),
+}
+
+
+def genotype_to_dot(g) -> str:
+    """Graphviz DOT text of the cell(s) (render with `dot -Tpng cell.dot -o cell.png`)."""
+    lines = ["digraph cell {", "  rankdir=LR; node [shape=box, style=rounded];"]
+    if isinstance(g, DartsGenotype):
+        for ct in ("normal", "reduce"):
+            pairs, concat = getattr(g, ct), getattr(g, ct + "_concat")
+            name = lambda j: f'"{ct}:c_{{k-2}}"' if j == 0 else f'"{ct}:c_{{k-1}}"' if j == 1 else f'"{ct}:{j - 2}"'
+            lines.append(f'  subgraph cluster_{ct} {{ label="{ct} cell";')
+            for i, (op, j) in enumerate(pairs):
+                lines.append(f'    {name(j)} -> "{ct}:{i // 2}" [label="{op}"];')
+            lines += [f'    "{ct}:{c - 2}" -> "{ct}:c_{{k}}";' for c in concat] + ["  }"]
+    elif isinstance(g, NB201Genotype):
+        for i, node in enumerate(g.nodes, start=1):
+            lines += [f'  "{j}" -> "{i}" [label="{op}"];' for op, j in node if op != "none"]
+    elif isinstance(g, NB101Spec):
+        lines += [f'  "{i}" [label="{i}: {op}"];' for i, op in enumerate(g.ops)]
+        n = len(g.ops)
+        lines += [f'  "{i}" -> "{j}";' for i in range(n) for j in range(n) if g.matrix[i][j]]
+    else:
+        raise GenotypeError(f"no picture for {type(g).__name__}")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+# ================================================================ 4. space descriptions ====
+def darts_cell_from_weights(weights: torch.Tensor, op_names: Sequence[str], steps=4, keep=2) -> tuple:
+    """The standard DARTS rule: per node rank incoming edges by their strongest non-`none` op weight, keep the
+    top `keep` (ties: lower input first), and on each kept edge take that strongest non-`none` op."""
+    w = weights.detach().float().cpu()
+    allowed = [k for k, n in enumerate(op_names) if n != "none"]
+    pairs, start = [], 0
+    for i in range(steps):
+        rows = w[start:start + 2 + i][:, allowed]
+        best_w, best_k = rows.max(dim=1)
+        order = sorted(range(2 + i), key=lambda j: -best_w[j].item())[:keep]  # stable: ties keep lower j
+        pairs += [(op_names[allowed[best_k[j]]], j) for j in order]
+        start += 2 + i
+    return tuple(pairs)
+
+
+class DartsSpace:
+    """DARTS CNN cell space; NASP's 12-op space is DartsSpace(NASP_NORMAL_OPS, NASP_REDUCE_OPS)."""
+
+    name, default_layers, steps = "darts", 8, 4
+
+    def __init__(self, ops_normal=DARTS_OPS, ops_reduce=None):
+        self.ops = {"normal": list(ops_normal), "reduce": list(ops_normal if ops_reduce is None else ops_reduce)}
+        for ops in self.ops.values():
+            for op in ops:
+                make_op(op, 1, 1, False)  # validates the name
+        self.n_edges = sum(2 + i for i in range(self.steps))
+        self.node_slices = [(sum(2 + k for k in range(i)), sum(2 + k for k in range(i + 1))) for i in range(self.steps)]
+
+    def arch_shapes(self) -> dict:
+        return {ct: (self.n_edges, len(ops)) for ct, ops in self.ops.items()}
+
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> DartsSupernet:
+        return DartsSupernet(C, layers or self.default_layers, num_classes, self.ops["normal"], self.ops["reduce"], edge)
+
+    def derive(self, weights: dict) -> DartsGenotype:
+        concat = tuple(range(2, 2 + self.steps))
+        return DartsGenotype(darts_cell_from_weights(weights["normal"], self.ops["normal"]), concat,
+                             darts_cell_from_weights(weights["reduce"], self.ops["reduce"]), concat)
+
+
+class NB201Space:
+    name, default_layers = "nb201", 5
+    node_slices = [(0, 1), (1, 3), (3, 6)]
+    n_edges = 6
+
+    def __init__(self, ops=NB201_OPS):
+        _check_ops(ops, NB201_OPS, "NB201 space")
+        self.ops = {"normal": list(ops)}
+
+    def arch_shapes(self) -> dict:
+        return {"normal": (6, len(self.ops["normal"]))}
+
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> NB201Supernet:
+        return NB201Supernet(C, layers or self.default_layers, num_classes, self.ops["normal"], edge)
+
+    def derive(self, weights: dict) -> NB201Genotype:
+        """Every edge keeps its strongest op (over the op list in use; `none` can win, as in NB201's baselines)."""
+        best = weights["normal"].detach().argmax(dim=1).tolist()
+        ops = [self.ops["normal"][k] for k in best]
+        return NB201Genotype(tuple(tuple((ops[s + j], j) for j in range(e - s)) for s, e in self.node_slices))
+
+
+class NB1Shot1Space:
+    """NAS-Bench-1Shot1 search space 1, 2 or 3. Groups: 'ops' (n, 3) op per choice node, 'out' (1, n+1) output
+    inputs, 'in{b}' (1, b) inputs of each choice node with a choice."""
+
+    default_layers = 3  # cells per stack
+
+    def __init__(self, space_id: int):
+        if space_id not in NB1SHOT1_LAYOUT:
+            raise SpaceError(f"NAS-Bench-1Shot1 has search spaces 1, 2, 3; got {space_id}")
+        self.space_id, self.name = space_id, f"nb1shot1-{space_id}"
+        self.n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
+        self.ops = {"ops": list(NB1SHOT1_OPS)}
+
+    def arch_shapes(self) -> dict:
+        shapes = {"ops": (self.n, len(NB1SHOT1_OPS)), "out": (1, self.n + 1)}
+        shapes.update({f"in{b}": (1, b) for b in nb1shot1_choice_nodes(self.space_id)})
+        return shapes
+
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> NB1Shot1Supernet:
+        return NB1Shot1Supernet(self.space_id, C, layers or self.default_layers, num_classes, edge)
+
+    def derive(self, weights: dict) -> NB101Spec:
+        """Ops: strongest per node. Parents: top-k inputs per choice node (fixed ones otherwise), top-k output
+        inputs; then keep only the ancestors of the output (loose ends dropped), as 1Shot1's evaluation does."""
+        layout, n = NB1SHOT1_LAYOUT[self.space_id], self.n
+        ops = [NB1SHOT1_OPS[k] for k in weights["ops"].detach().argmax(dim=1).tolist()]
+
+        def top(w, k):
+            return sorted(torch.topk(w.detach().float().cpu().flatten(), k).indices.tolist())
+
+        parents = {}
+        for b in range(1, n + 1):
+            need = layout["node_parents"][b - 1]
+            parents[b] = top(weights[f"in{b}"], need) if f"in{b}" in weights else list(range(b))[:need]
+        parents[n + 1] = top(weights["out"], layout["output_parents"])
+        matrix = [[0] * (n + 2) for _ in range(n + 2)]
+        stack, seen = [n + 1], set()
+        while stack:
+            v = stack.pop()
+            for p in parents.get(v, []):
+                matrix[p][v] = 1
+                if p not in seen:
+                    seen.add(p)
+                    stack.append(p)
+        op_list = ["input"] + ops + ["output"]
+        if n == 4:  # pad to 7 vertices with NB101's unconnected dummy vertex at index 5 (1Shot1 convention)
+            matrix = [row[:5] + [0] + row[5:] for row in matrix]
+            matrix.insert(5, [0] * 7)
+            op_list.insert(5, "conv1x1-bn-relu")
+        return NB101Spec(tuple(map(tuple, matrix)), tuple(op_list))
+
+
+SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3")
+
+
+def get_space(name: str, ops=None, ops_reduce=None):
+    """`darts` (ops / ops_reduce override the op lists), `nb201` (ops overrides, e.g. without `none`),
+    `nb1shot1-{1,2,3}`."""
+    if name == "darts":
+        return DartsSpace(ops or DARTS_OPS, ops_reduce)
+    if name == "nb201":
+        return NB201Space(ops or NB201_OPS)
+    if name.startswith("nb1shot1-") and name[-1] in "123" and len(name) == 10:
+        if ops is not None:
+            raise SpaceError("NAS-Bench-1Shot1 op lists are fixed")
+        return NB1Shot1Space(int(name[-1]))
+    raise SpaceError(f"unknown space {name!r}; choose from {', '.join(SPACES)}")
+
+
+# ================================================================ 6. discrete networks ====
+def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
+    """Zero whole samples with probability p and rescale the rest by 1/(1-p)."""
+    if p <= 0.0:
+        return x
+    keep = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(1.0 - p)
+    return x / (1.0 - p) * keep
+
+
+class DartsEvalCell(nn.Module):
+    def __init__(self, pairs, concat, C_pp, C_p, C, reduction, reduction_prev):
+        super().__init__()
+        self.reduction, self.concat = reduction, list(concat)
+        self.pre0 = FactorizedReduce(C_pp, C) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0)
+        self.inputs = [j for _, j in pairs]
+        self.ops = nn.ModuleList(make_op(op, C, 2 if reduction and j < 2 else 1, True) for op, j in pairs)
+
+    def forward(self, s0, s1, drop_prob=0.0):
+        states = [self.pre0(s0), self.pre1(s1)]
+        for i in range(0, len(self.ops), 2):
+            node = 0
+            for k in (i, i + 1):
+                h = self.ops[k](states[self.inputs[k]])
+                if self.training and drop_prob > 0 and not isinstance(self.ops[k], nn.Identity):
+                    h = drop_path(h, drop_prob)
+                node = node + h
+            states.append(node)
+        return torch.cat([states[c] for c in self.concat], dim=1)
+
+
+class AuxiliaryHeadCIFAR(nn.Module):
+    """On 8x8 maps: ReLU, AvgPool 5/3 -> 2x2, 1x1 conv 128, BN, ReLU, 2x2 conv 768, BN, ReLU, linear."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True), nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class DartsEvalNetwork(nn.Module):
+    """DARTS evaluation network (NetworkCIFAR): stem 3C, `layers` cells with reductions at 1/3 and 2/3, optional
+    auxiliary head after cell 2*layers//3, drop path with probability `self.drop_path_prob` (set per epoch).
+    forward returns (logits, aux_logits or None)."""
+
+    def __init__(self, genotype: DartsGenotype, C=36, layers=20, num_classes=10, auxiliary=True, stem_multiplier=3):
+        super().__init__()
+        self.drop_path_prob = 0.0
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells, reduction_prev, self.auxiliary_head = nn.ModuleList(), False, None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_curr = C_curr * 2 if reduction else C_curr
+            pairs, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            self.cells.append(DartsEvalCell(pairs, concat, C_pp, C_p, C_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, len(concat) * C_curr
+            if i == 2 * layers // 3 and auxiliary:
+                self.aux_index, self.auxiliary_head = i, AuxiliaryHeadCIFAR(C_p, num_classes)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x):
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if self.auxiliary_head is not None and self.training and i == self.aux_index:
+                aux = self.auxiliary_head(s1)
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux
+
+
+class NB201InferCell(nn.Module):
+    def __init__(self, genotype: NB201Genotype, C):
+        super().__init__()
+        self.links = [(i, j) for i, node in enumerate(genotype.nodes, start=1) for op, j in node if op != "none"]
+        self.ops = nn.ModuleList(make_op(op, C, 1, True) for node in genotype.nodes for op, _ in node if op != "none")
+
+    def forward(self, x):
+        states = [x]
+        for i in range(1, 4):  # a node whose inputs are all `none` is zeros, like the benchmark's network
+            terms = [op(states[j]) for (dst, j), op in zip(self.links, self.ops) if dst == i]
+            states.append(_node_sum(terms, i) if terms else x.mul(0.0))
+        return states[3]
+
+
+class NB201Network(nn.Module):
+    """The NAS-Bench-201 network for one cell (affine BN). Its parameter count matches the benchmark's."""
+
+    def __init__(self, genotype: NB201Genotype, C=16, N=5, num_classes=10):
+        super().__init__()
+        self.stem, self.layers, self.head, C_last = _nb201_macro(C, N, lambda c: NB201InferCell(genotype, c))
+        self.classifier = nn.Linear(C_last, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.classifier(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
+
+
+def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
+    """Number of parameters, leaving out those whose name contains `exclude` (DARTS' convention)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not (exclude and exclude in n))

@@ -1,0 +1,26 @@
+"""Shared test setup: import paths for spaces.py, data.py and algos/*.py, and the offline data folder."""
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+for p in (ROOT, ROOT / "algos"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data beside the repository; tests that need it skip cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads():
+    import torch
+    torch.set_num_threads(2)
+    yield
