@@ -82,8 +82,8 @@ def _load_cifar(name: str, data_dir: str, download: bool) -> dict:
         except (urllib.error.URLError, OSError, RuntimeError) as e:
             reason = " ".join(str(e).split())  # keep the message on one line
             raise DataError(
-                f"{name} not found under --data-dir {data_dir!r} and could not be downloaded ({reason}); put the dataset "
-                f"there, or use --dataset path/to/file.npz (e.g. ../shared/data/images/{name}_partial.npz), "
+                f"{name} not found under --data-dir {data_dir!r} and could not be downloaded ({reason}); put the "
+                f"dataset there, or use --dataset path/to/file.npz (e.g. ../shared/data/images/{name}_partial.npz), "
                 f"or --dataset synthetic") from e
         out[f"x_{split}"] = np.asarray(ds.data, dtype=np.uint8)
         out[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
@@ -230,7 +230,7 @@ class Augment:
 
     def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
-        p = self.pad
+        p = self.pad  # 0: flip only
         padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # N, H+2p, W+2p, C
         off = self._randint(2 * p + 1, (2, n), x.device)
         flip = self._randint(2, (n,), x.device).bool()
@@ -251,7 +251,7 @@ class Augment:
         return x.masked_fill(hole[:, None], 0.0)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = self._crop_flip(x_uint8) if self.train and self.pad > 0 else x_uint8
+        x = self._crop_flip(x_uint8) if self.train else x_uint8
         x = (x.to(torch.float32) / 255 - self.mean.to(x.device)) / self.std.to(x.device)
         return self._cutout(x) if self.train and self.cutout > 0 else x
 

@@ -150,7 +150,7 @@ def test_augment_crop_flip_deterministic_and_valid():
 
 
 def test_cutout_zeroes_a_square():
-    info = tiny_info(size=16, pad=0)  # no crop: isolate cutout
+    info = tiny_info(size=16, pad=0)  # no crop (flip of a constant image is a no-op): isolate cutout
     x = torch.full((32, 3, 16, 16), 200, dtype=torch.uint8)
     out = data.Augment(info, train=True, cutout=6, generator=torch.Generator().manual_seed(0))(x)
     holes = (out == 0).all(dim=1)  # N, H, W
