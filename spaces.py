@@ -904,3 +904,134 @@ class NB201Network(nn.Module):
 def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
     """Number of parameters, leaving out those whose name contains `exclude` (DARTS' convention)."""
     return sum(p.numel() for n, p in model.named_parameters() if not (exclude and exclude in n))
+
+
+class AuxiliaryHeadImageNet(nn.Module):
+    """On 7x7 maps (224 px input): ReLU, AvgPool 5/2 -> 2x2, 1x1 conv 128, BN, ReLU, 2x2 conv 768, ReLU, linear.
+    As in the DARTS code, there is no BN after the 768-channel conv (DARTS left it out, a typo kept for consistency
+    with its paper's runs); the head is not counted in the parameter figures either way."""
+
+    def __init__(self, C, num_classes):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True), nn.AvgPool2d(5, stride=2, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False), nn.ReLU(inplace=True))
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
+class DartsEvalNetworkImageNet(nn.Module):
+    """DARTS evaluation network for ImageNet, mobile setting (NetworkImageNet): stem0 (3x3 s2 conv to C/2, BN, ReLU,
+    3x3 s2 conv to C, BN), stem1 (ReLU, 3x3 s2 conv, BN) -> 28x28 maps for 224 px input; `layers` cells with
+    reductions at 1/3 and 2/3 (the first cell sees a reduced input: reduction_prev); auxiliary head after cell
+    2*layers//3; global average pool (DARTS: AvgPool 7 on the 7x7 maps, the same thing at 224 px) -> linear.
+    forward returns (logits, aux_logits or None); drop path probability `self.drop_path_prob`."""
+
+    def __init__(self, genotype: DartsGenotype, C=48, layers=14, num_classes=1000, auxiliary=True):
+        super().__init__()
+        self.drop_path_prob = 0.0
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2), nn.ReLU(inplace=False),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+                                   nn.BatchNorm2d(C))
+        C_pp, C_p, C_curr = C, C, C
+        self.cells, reduction_prev, self.auxiliary_head = nn.ModuleList(), True, None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_curr = C_curr * 2 if reduction else C_curr
+            pairs, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            self.cells.append(DartsEvalCell(pairs, concat, C_pp, C_p, C_curr, reduction, reduction_prev))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, len(concat) * C_curr
+            if i == 2 * layers // 3 and auxiliary:
+                self.aux_index, self.auxiliary_head = i, AuxiliaryHeadImageNet(C_p, num_classes)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x):
+        s0 = self.stem0(x)
+        s1 = self.stem1(s0)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if self.auxiliary_head is not None and self.training and i == self.aux_index:
+                aux = self.auxiliary_head(s1)
+        return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux
+
+
+def nb101_vertex_channels(C_in: int, C_out: int, matrix) -> list[int]:
+    """NAS-Bench-101's channel rule for a pruned cell: the vertices feeding the output split C_out evenly (the
+    remainder goes one channel each to the first of them); every other interior vertex gets the largest channel
+    count among the interior vertices it feeds (so channels never grow along an edge)."""
+    n = len(matrix)
+    ch = [C_in] + [0] * (n - 2) + [C_out]
+    feeds_out = [v for v in range(1, n - 1) if matrix[v][n - 1]]
+    if not feeds_out:
+        return ch
+    base, extra = divmod(C_out, len(feeds_out))
+    for k, v in enumerate(feeds_out):
+        ch[v] = base + (1 if k < extra else 0)
+    for v in range(n - 3, 0, -1):
+        if not matrix[v][n - 1]:
+            ch[v] = max(ch[d] for d in range(v + 1, n - 1) if matrix[v][d])
+    return ch
+
+
+class NB101Cell(nn.Module):
+    """One NAS-Bench-101 module (`model_builder.build_module`) for a pruned spec: vertex v = op_v(sum of its inputs),
+    where the cell input enters through a 1x1 ConvBnRelu projection to v's channels and an earlier vertex through its
+    first ch[v] channels; output = concat of the vertices feeding it, plus a projection of the input when the input
+    feeds the output directly (the projection alone if nothing else does)."""
+
+    def __init__(self, spec: NB101Spec, C_in: int, C_out: int):
+        super().__init__()
+        m, n = spec.matrix, len(spec.matrix)
+        self.matrix, self.n = m, n
+        self.ch = nb101_vertex_channels(C_in, C_out, m)
+        self.proj = nn.ModuleDict({str(v): ConvBnRelu(C_in, self.ch[v], 1) for v in range(1, n) if m[0][v]})
+        self.ops = nn.ModuleList(make_op(spec.ops[v], self.ch[v], 1, True) for v in range(1, n - 1))
+
+    def forward(self, x):
+        m, n, states, outs = self.matrix, self.n, [x], []
+        for v in range(1, n - 1):
+            terms = [states[u][:, : self.ch[v]] for u in range(1, v) if m[u][v]]
+            if m[0][v]:
+                terms.append(self.proj[str(v)](x))
+            states.append(self.ops[v - 1](_node_sum(terms, v)))
+            if m[v][n - 1]:
+                outs.append(states[v])
+        if not outs:
+            return self.proj[str(n - 1)](x)
+        out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+        return out + self.proj[str(n - 1)](x) if m[0][n - 1] else out
+
+
+class NB101Network(nn.Module):
+    """The NAS-Bench-101 network for one cell: stem 3x3 ConvBnRelu to C (128) channels, `stacks` stacks of
+    `cells_per_stack` cells, 2x2 stride-2 max-pool before every stack but the first, where the channels double;
+    global average pool -> linear. The spec is pruned first (as the NB101 API does). Parameter counts equal the
+    benchmark's `trainable_parameters` at C=128, 10 classes.
+    Not replicated: NB101's TF batch norm momentum 0.997 (PyTorch momentum 0.003); PyTorch's default 0.1 is used."""
+
+    def __init__(self, spec: NB101Spec, C=128, stacks=3, cells_per_stack=3, num_classes=10):
+        super().__init__()
+        self.spec = spec = spec.pruned()
+        self.stem = ConvBnRelu(3, C, 3)
+        self.layers, C_in = nn.ModuleList(), C
+        for stack in range(stacks):
+            C_out = C_in * 2 if stack > 0 else C_in
+            if stack > 0:
+                self.layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))  # TF 'same' padding: ceil for odd sizes
+            for _ in range(cells_per_stack):
+                self.layers.append(NB101Cell(spec, C_in, C_out))
+                C_in = C_out
+        self.classifier = nn.Linear(C_in, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))

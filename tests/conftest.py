@@ -20,7 +20,20 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _cpu_threads():
+def _one_thread():
     import torch
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny tensors: threads add only overhead, and CI machines are small
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_npz(tmp_path_factory) -> str:
+    """A tiny learnable dataset as .npz (96 train / 32 test images, 16 px): smoke runs stay fast."""
+    import numpy as np
+
+    import data
+
+    arrays = data.make_synthetic(96, 32, image_size=16)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, **arrays)
+    return str(path)
