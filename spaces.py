@@ -100,6 +100,23 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 
+class AvgPool3x3(nn.Module):
+    """3x3 average pooling, padding 1, padded zeros not counted (`count_include_pad=False`), as in DARTS and NB201.
+    Computed as a depthwise convolution with a fixed all-ones kernel divided by the number of real pixels under
+    each window: the same numbers as nn.AvgPool2d, about 6x faster forward+backward on CPU (see benchmarks/speed.py)."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.register_buffer("ones", torch.ones(1, 1, 3, 3), persistent=False)  # not a parameter, not saved
+
+    def forward(self, x):
+        C, (H, W) = x.shape[1], x.shape[-2:]
+        ones = self.ones.to(x.dtype)
+        counts = F.conv2d(x.new_ones(1, 1, H, W), ones, stride=self.stride, padding=1)
+        return F.conv2d(x, ones.expand(C, 1, 3, 3), stride=self.stride, padding=1, groups=C) / counts
+
+
 class Zero(nn.Module):
     """The `none` op: zeros at the output resolution."""
 
@@ -133,7 +150,7 @@ OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
     # DARTS (Liu et al. 2019)
     "none": lambda C, s, a: Zero(s),
     "max_pool_3x3": lambda C, s, a: nn.MaxPool2d(3, s, 1),
-    "avg_pool_3x3": lambda C, s, a: nn.AvgPool2d(3, s, 1, count_include_pad=False),  # NB201's is the same
+    "avg_pool_3x3": lambda C, s, a: AvgPool3x3(s),  # count_include_pad=False; NB201's is the same
     "skip_connect": lambda C, s, a: nn.Identity() if s == 1 else FactorizedReduce(C, C, a),
     "sep_conv_3x3": lambda C, s, a: SepConv(C, C, 3, s, 1, a),
     "sep_conv_5x5": lambda C, s, a: SepConv(C, C, 5, s, 2, a),

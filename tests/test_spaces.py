@@ -300,3 +300,16 @@ def test_eval_networks_forward():
     assert net(torch.randn(2, 3, 32, 32))[1] is None
     g = S.NB201Genotype.from_str("|none~0|+|none~0|none~1|+|skip_connect~0|none~1|nor_conv_1x1~2|")
     assert S.NB201Network(g, C=4, N=1)(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [32, 7])
+def test_avg_pool_matches_torch_without_padding_counted(stride, size):
+    x = torch.randn(2, 5, size, size, requires_grad=True)
+    ours = S.make_op("avg_pool_3x3", 5, stride, affine=False)(x)
+    ref = torch.nn.functional.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+    assert ours.shape == ref.shape and torch.allclose(ours, ref, atol=1e-6)
+    g_ours, = torch.autograd.grad(ours.square().sum(), x)
+    g_ref, = torch.autograd.grad(ref.square().sum(), x)
+    assert torch.allclose(g_ours, g_ref, atol=1e-5)
+    assert S.count_parameters(S.make_op("avg_pool_3x3", 5, stride, affine=False)) == 0
