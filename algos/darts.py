@@ -20,7 +20,6 @@ Offline quick start on the real CIFAR-10 subset:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
