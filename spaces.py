@@ -540,6 +540,19 @@ class NB201Genotype:
 NB101_OPS = ("conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3")
 
 
+def _live_vertices(matrix) -> list[int]:
+    """Vertices on some input->output path of a DAG given as an upper-triangular adjacency matrix."""
+    n = len(matrix)
+    fwd, bwd = {0}, {n - 1}
+    for i in range(n):
+        if i in fwd:
+            fwd |= {j for j in range(n) if matrix[i][j]}
+    for j in reversed(range(n)):
+        if j in bwd:
+            bwd |= {i for i in range(n) if matrix[i][j]}
+    return sorted(fwd & bwd)
+
+
 @dataclass(frozen=True)
 class NB101Spec:
     """NAS-Bench-101 cell: upper-triangular 0/1 adjacency (<= 7 vertices, <= 9 edges) and one op per vertex,
@@ -557,23 +570,17 @@ class NB101Spec:
             raise GenotypeError("NB101 spec: matrix entries must be 0 or 1")
         if any(self.matrix[i][j] for i in range(n) for j in range(i + 1)):
             raise GenotypeError("NB101 spec: matrix must be strictly upper triangular (a DAG in vertex order)")
-        if sum(map(sum, self.matrix)) > 9:
-            raise GenotypeError(f"NB101 spec: {sum(map(sum, self.matrix))} edges, at most 9 allowed")
+        keep = _live_vertices(self.matrix)
+        live_edges = sum(self.matrix[i][j] for i in keep for j in keep)
+        if live_edges > 9:  # NB101 counts the edges of the pruned cell
+            raise GenotypeError(f"NB101 spec: {live_edges} edges on input->output paths, at most 9 allowed")
         if len(self.ops) != n or self.ops[0] != "input" or self.ops[-1] != "output":
             raise GenotypeError(f"NB101 spec: need {n} ops starting with 'input' and ending with 'output', got {list(self.ops)}")
         _check_ops(self.ops[1:-1], NB101_OPS, "NB101 spec")
 
     def pruned(self) -> "NB101Spec":
         """Drop vertices that are not on an input->output path (as the NB101 API does)."""
-        n = len(self.matrix)
-        fwd, bwd = {0}, {n - 1}
-        for i in range(n):
-            if i in fwd:
-                fwd |= {j for j in range(n) if self.matrix[i][j]}
-        for j in reversed(range(n)):
-            if j in bwd:
-                bwd |= {i for i in range(n) if self.matrix[i][j]}
-        keep = sorted(fwd & bwd)
+        n, keep = len(self.matrix), _live_vertices(self.matrix)
         if 0 not in keep or n - 1 not in keep:
             raise GenotypeError("NB101 spec: the output is not reachable from the input")
         return NB101Spec(tuple(tuple(self.matrix[i][j] for j in keep) for i in keep), tuple(self.ops[i] for i in keep))

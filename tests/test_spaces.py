@@ -313,3 +313,15 @@ def test_avg_pool_matches_torch_without_padding_counted(stride, size):
     g_ref, = torch.autograd.grad(ref.square().sum(), x)
     assert torch.allclose(g_ours, g_ref, atol=1e-5)
     assert S.count_parameters(S.make_op("avg_pool_3x3", 5, stride, affine=False)) == 0
+
+
+def test_nb101_specs_from_the_benchmark_sample_are_accepted_unpruned(shared_data):
+    """NB101 limits edges on the pruned cell: all 500 unpruned sample cells are valid, and pruning gives the file's
+    pruned matrix and ops."""
+    rows = list(csv.DictReader(gzip.open(shared_data / "nb101" / "naslib_nb101_500.csv.gz", "rt")))
+    for r in rows:
+        m = tuple(tuple(int(r["matrix"][7 * i + j]) for j in range(7)) for i in range(7))
+        spec = S.NB101Spec(m, tuple(r["ops"].split(",")))
+        pruned = spec.pruned()
+        assert pruned.ops == tuple(r["pruned_ops"].split(","))
+        assert ";".join("".join(map(str, row)) for row in pruned.matrix) == r["pruned_matrix"]
