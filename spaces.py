@@ -205,6 +205,8 @@ class MixedEdge(nn.Module):
       - tensor w (K,) or per-sample (B, K) -> sum_k w_k op_k(x). If w needs no gradient only its
                          non-zero entries are computed (one-hot weights run one op). `none` is never run:
                          its output is zero, so it adds nothing to the value or to any gradient.
+      - list of K floats -> the same sum over the non-zero entries, no gradient (the supernets turn a weight
+                         matrix without gradient into such rows once per forward: one device sync, not one per edge)
     """
 
     def __init__(self, C: int, stride: int, op_names: Sequence[str], pool_bn: bool = False, affine: bool = False):
@@ -222,18 +224,34 @@ class MixedEdge(nn.Module):
         if isinstance(spec, tuple):
             w, k = spec
             return _scale(w[..., int(k)], self.ops[int(k)](x))
+        if isinstance(spec, list):  # host floats (a weight row without gradient, see _host_rows)
+            active = [k for k in self.computable if spec[k] != 0]
+            return _weighted_sum([(spec[k], self.ops[k](x)) for k in active], x, self.stride)
         w = spec
         active = self.computable
         if not w.requires_grad:
             nonzero = (w != 0).reshape(-1, w.shape[-1]).any(0).tolist()
             active = [k for k in active if nonzero[k]]
-        if not active:  # only `none` (or nothing) has weight: the edge outputs zeros
-            return x[:, :, :: self.stride, :: self.stride].mul(0.0)
-        out = None
-        for k in active:
-            y = _scale(w[..., k], self.ops[k](x))
-            out = y if out is None else out + y
-        return out
+        return _weighted_sum([(w[..., k], self.ops[k](x)) for k in active], x, self.stride)
+
+
+def _weighted_sum(terms, x, stride):
+    """sum_k w_k * y_k; zeros at the output resolution when nothing but `none` has weight."""
+    if not terms:
+        return x[:, :, ::stride, ::stride].mul(0.0)
+    out = None
+    for w, y in terms:
+        y = w * y if isinstance(w, float) else _scale(w, y)
+        out = y if out is None else out + y
+    return out
+
+
+def _host_rows(specs):
+    """A weight matrix that needs no gradient is read to the host once per forward, as lists of floats: each edge
+    then skips its zero-weight ops without a device synchronisation per edge (which would stall a GPU)."""
+    if isinstance(specs, torch.Tensor) and specs.dim() == 2 and not specs.requires_grad:
+        return specs.tolist()
+    return specs
 
 
 EdgeFactory = Callable[..., nn.Module]  # edge(C, stride, op_names, pool_bn) -> module with forward(x, spec)
@@ -300,10 +318,11 @@ class DartsSupernet(nn.Module):
         self.classifier = nn.Linear(C_p, num_classes)
 
     def forward(self, x, arch, edge_weights=None):
+        specs = {ct: _host_rows(a) for ct, a in arch.items()}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             ct = "reduce" if cell.reduction else "normal"
-            s0, s1 = s1, cell(s0, s1, arch[ct], None if edge_weights is None else edge_weights[ct])
+            s0, s1 = s1, cell(s0, s1, specs[ct], None if edge_weights is None else edge_weights[ct])
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
 
 
@@ -365,10 +384,10 @@ class NB201Supernet(nn.Module):
         self.classifier = nn.Linear(C_last, num_classes)
 
     def forward(self, x, arch, edge_weights=None):
-        x = self.stem(x)
+        x, specs = self.stem(x), _host_rows(arch["normal"])
         for layer in self.layers:
             if isinstance(layer, NB201SearchCell):
-                x = layer(x, arch["normal"], None if edge_weights is None else edge_weights["normal"])
+                x = layer(x, specs, None if edge_weights is None else edge_weights["normal"])
             else:
                 x = layer(x)
         return self.classifier(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
@@ -440,7 +459,7 @@ class NB1Shot1Supernet(nn.Module):
     def forward(self, x, arch, edge_weights=None):
         if edge_weights is not None:
             raise SpaceError("NAS-Bench-1Shot1 has no per-edge weights: its input weights are the 'in{b}' groups")
-        x = self.stem(x)
+        x, arch = self.stem(x), {**arch, "ops": _host_rows(arch["ops"])}
         for layer in self.layers:
             x = layer(x, arch) if isinstance(layer, OneShotCell) else layer(x)
         return self.classifier(F.adaptive_avg_pool2d(self.post(x), 1).flatten(1))
