@@ -296,6 +296,10 @@ class PairedBatches:
     """One epoch of (weight batch, architecture batch) pairs: iterates the weight loader once; the architecture
     loader's iterator lives across steps and epochs and is restarted only when exhausted."""
 
+    # DEVIATION: DARTS, PC-DARTS, GAEA and NASP draw each architecture batch from a fresh iterator of a shuffled
+    # loader (a random batch every step, with replacement across steps); one long-lived shuffled iterator gives
+    # random batches too, without rebuilding the loader every step, and sweeps the data once per pass.
+
     def __init__(self, weight_loader, arch_loader):
         self.weight_loader, self.arch_loader = weight_loader, arch_loader
         self._arch_iter = None
