@@ -1,0 +1,304 @@
+"""NASP: Efficient Neural Architecture Search via Proximal Iterations (Yao, Xu, Tu & Zhu, AAAI 2020).
+
+Paper: https://arxiv.org/abs/1905.13577 -- official code: https://github.com/xujinfan/NASP-codes (codes/)
+
+What this file implements (Algorithm 2 of the paper, first order, no second-order term):
+  - a continuous architecture A, one matrix per cell type, kept in the box [0, 1] (prox onto C2: a clamp);
+  - a discrete architecture A_bar = prox onto C1 of A: one op per edge (the argmax of its row) and, as the official
+    code does, only the 2 incoming edges per node with the largest kept A value (the DARTS cell); all other rows 0;
+  - architecture step: the gradient of the architecture loss (+ the model-size regulariser) is taken at A_bar and
+    applied to A by Adam, then A is clamped into [0, 1]; every op on every edge is computed in this step, because
+    dL/dA_bar[e, k] needs op_k's output even where A_bar is 0;
+  - weight step: forward/backward through the discrete child only (2 edges per node, 1 op each): this is where
+    NASP's speed-up comes from (see benchmarks/speed.py).
+  - the returned architecture is the final A_bar.
+Search spaces: `--ops 12` is the paper's larger space (normal cells: identity + 7 convolutions, reduction cells:
+identity + 4 poolings, no `none`); `--ops 7` is the DARTS space without `none`. `--space nb201` runs NASP on
+NAS-Bench-201's cell without `none` (like NASP's spaces): there every edge exists, so prox onto C1 is the plain
+one-op-per-edge projection of the paper.
+
+Reproduce the paper's search (DARTS-style network, CIFAR-10, 50 epochs), 7 and 12 ops:
+    python algos/nasp.py --ops 7
+    python algos/nasp.py --ops 12
+With the model-size regulariser (PAPER: Eq. 8):
+    python algos/nasp.py --ops 12 --reg 0.1
+Offline quick start on the real CIFAR-10 subset:
+    python algos/nasp.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 5
+On NAS-Bench-201, with the benchmark's accuracy of the derived cell each epoch:
+    python algos/nasp.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+_here = Path(__file__).resolve().parent
+if not (_here / "spaces.py").exists():  # repository layout: algos/ beside spaces.py and data.py
+    sys.path.insert(0, str(_here.parent))
+import data  # noqa: E402
+import spaces  # noqa: E402
+
+OP_SETS = (7, 12)
+PARAM_COUNT_C = 12  # the official code's PARAMS table counts each op at C=12, affine=False
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="NASP search (defaults: the paper's CIFAR-10 search).")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space (darts or nb201)")
+    p.add_argument("--ops", type=int, default=None, help="darts space: 7 = DARTS ops without `none` (default); 12 = the paper's larger space")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
+    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
+    p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
+    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion")
+    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=int, default=50, help="search epochs")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5)")
+    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of A")
+    p.add_argument("--arch-betas", type=float, nargs=2, default=(0.5, 0.999), help="Adam betas of A")
+    p.add_argument("--arch-wd", type=float, default=1e-3, help="Adam weight decay (coupled L2) of A")
+    p.add_argument("--reg", type=float, default=0.0, help="eta of the model-size regulariser R(A) (PAPER: Eq. 8); 0 = off")
+    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--seed", type=int, default=2, help="random seed")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
+    args = p.parse_args(argv)
+    if args.space not in ("darts", "nb201"):
+        p.error(f"NASP here supports --space darts (its 7- and 12-op cell spaces) and nb201, got --space {args.space}")
+    if args.space == "nb201" and args.ops is not None:
+        p.error("--ops chooses NASP's DARTS-space op set; nb201 has its own ops (without `none`)")
+    args.ops = 7 if args.space == "darts" and args.ops is None else args.ops
+    if args.space == "darts" and args.ops not in OP_SETS:
+        p.error(f"--ops must be 7 (DARTS ops without `none`) or 12 (NASP's larger space), got {args.ops}")
+    if args.nb201_table and args.space != "nb201":
+        p.error("--nb201-table needs --space nb201")
+    if args.reg < 0:
+        p.error(f"--reg must be >= 0, got {args.reg}")
+    return args
+
+
+def nasp_space(n_ops: int | None, name: str = "darts"):
+    """The DARTS cell space with NASP's op sets: 7 = DARTS without `none` (both cell types), 12 = identity +
+    convolutions in normal cells, identity + poolings in reduction cells. nb201: its ops without `none`."""
+    if name == "nb201":
+        return spaces.get_space("nb201", ops=[o for o in spaces.NB201_OPS if o != "none"])
+    if n_ops == 7:
+        return spaces.get_space("darts", ops=[o for o in spaces.DARTS_OPS if o != "none"])
+    if n_ops == 12:
+        return spaces.get_space("darts", ops=spaces.NASP_NORMAL_OPS, ops_reduce=spaces.NASP_REDUCE_OPS)
+    raise spaces.SpaceError(f"NASP has a 7-op and a 12-op space, got {n_ops} ops")
+
+
+# ALGO LOGIC: A lives in [0, 1]; the official code starts every entry at 0.5, with no noise (so the first
+# A_bar picks column 0 on the first two edges of every node; Adam's first step breaks the ties).
+def init_arch(space, device) -> dict[str, nn.Parameter]:
+    return {g: nn.Parameter(torch.full(shape, 0.5, device=device)) for g, shape in space.arch_shapes().items()}
+
+
+# ALGO LOGIC: prox onto C2 = the box [0, 1], i.e. a clamp. PAPER: Algorithm 2, line "A = prox_C2(...)"
+@torch.no_grad()
+def prox_c2_(A: dict[str, torch.Tensor]) -> None:
+    for a in A.values():
+        a.clamp_(0.0, 1.0)
+
+
+# ALGO LOGIC: prox onto C1 = one-hot argmax per edge (ties: first op). PAPER: Algorithm 2, "A_bar = prox_C1(A)"
+# DEVIATION: as in the official code (not in the paper's C1), only the top-2 incoming edges per node (ranked by the
+# kept raw A value, ties: lower edge) stay; the other rows are all 0, so A_bar is exactly a DARTS cell.
+# On nb201 (keep=None) every edge stays: one op per edge, the paper's C1.
+@torch.no_grad()
+def prox_c1(a: torch.Tensor, node_slices, keep: int | None = 2) -> torch.Tensor:
+    best_v, best_k = a.max(dim=1)
+    abar = torch.zeros_like(a)
+    for start, end in node_slices:
+        order = sorted(range(start, end), key=lambda e: -best_v[e].item())[:keep]  # stable sort: ties keep lower e
+        for e in order:
+            abar[e, best_k[e]] = 1.0
+    return abar
+
+
+def discretize(A: dict[str, torch.Tensor], node_slices, keep: int | None = 2) -> dict[str, torch.Tensor]:
+    return {g: prox_c1(a, node_slices, keep) for g, a in A.items()}
+
+
+def edges_kept(space) -> int | None:
+    """Incoming edges per node that A_bar keeps: 2 in the DARTS cell, all of them in NB201's."""
+    return 2 if isinstance(space, spaces.DartsSpace) else None
+
+
+def child_specs(abar: dict[str, torch.Tensor]) -> dict[str, list]:
+    """A_bar as MixedEdge specs: the hot op's index on a kept edge (only that op runs), None on a dropped edge."""
+    return {g: [int(row.argmax()) if row.any() else None for row in a] for g, a in abar.items()}
+
+
+def op_param_counts(op_names, C: int = PARAM_COUNT_C) -> list[int]:
+    """p_k: parameters of each op built at C channels, stride 1, affine=False (the official PARAMS table)."""
+    return [sum(t.numel() for t in spaces.make_op(n, C, 1, affine=False).parameters()) for n in op_names]
+
+
+def size_weights(space, device) -> dict[str, torch.Tensor]:
+    """p_k / p_bar per regularised group, p_bar = sum_j p_j (a sum, as in the official code, not a mean).
+    ALGO LOGIC: only normal cells are regularised, as in the official code (its 12-op reduction cells have only
+    parameter-free ops). The official code has no 7-op setting; at 7 ops we keep the same rule (normal only)."""
+    p = torch.tensor(op_param_counts(space.ops["normal"]), dtype=torch.float32, device=device)
+    return {"normal": p / p.sum()} if p.sum() > 0 else {}
+
+
+# ALGO LOGIC: model-size regulariser R(A) = eta * sum_k (p_k / p_bar) ||a_k||^2, a_k = column k (op k over all
+# edges). PAPER: Eq. (8)
+def size_penalty(A: dict[str, torch.Tensor], rel_size: dict[str, torch.Tensor]) -> torch.Tensor:
+    terms = [(w * A[g].pow(2).sum(0)).sum() for g, w in rel_size.items()]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def mean_entropy(A: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean entropy (nats) of A's rows normalised to sum 1: how far the continuous A is from one op per edge."""
+    out = {}
+    for g, a in A.items():
+        w = a.detach().clamp_min(1e-12)
+        w = w / w.sum(-1, keepdim=True)
+        out[g] = float(-(w * w.log()).sum(-1).mean())
+    return out
+
+
+def arch_step(model, A, arch_opt, x, y, node_slices, rel_size, reg, keep=2) -> tuple[float, float]:
+    """A_bar = prox_C1(A); gradient of L(w, A_bar) + R(A_bar) with respect to A_bar; Adam step on A with it.
+    PAPER: Algorithm 2 (first order: no term through w), Eq. (8) for R."""
+    # ALGO LOGIC: A_bar needs grad, so MixedEdge computes every op on every edge (dL/dA_bar needs all op outputs)
+    abar = {g: a.requires_grad_(True) for g, a in discretize(A, node_slices, keep).items()}
+    logits = model(x, abar)
+    loss = F.cross_entropy(logits, y)
+    total = loss + reg * size_penalty(abar, rel_size) if reg > 0 else loss
+    grads = torch.autograd.grad(total, list(abar.values()))  # no weight gradients: this step only moves A
+    arch_opt.zero_grad(set_to_none=True)
+    for a, g in zip(A.values(), grads):
+        a.grad = g  # ALGO LOGIC: the gradient taken at A_bar is applied to A
+    arch_opt.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def weight_step(model, abar, opt, x, y, grad_clip) -> tuple[float, float]:
+    """One SGD step on the weights of the discrete child A_bar only (cross-entropy, no regulariser).
+    DEVIATION: gradients are reset to None, so ops outside A_bar get no weight decay / momentum in this step. In the
+    official code every weight holds a (zeroed) gradient tensor (its arch step backpropagates into all weights), so
+    there unselected ops keep decaying; here the step touches exactly the child, as the paper's update reads."""
+    opt.zero_grad(set_to_none=True)
+    logits = model(x, child_specs(abar))  # ALGO LOGIC: only the selected op on each kept edge is computed
+    loss = F.cross_entropy(logits, y)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def derive_genotype(space, A):
+    """The returned architecture is A_bar = prox_C1(A): per node its 2 kept edges, each with its one op.
+    DEVIATION: the official code's genotype ranks edges by softmax(A) instead, which can differ from the last A_bar;
+    the paper (and the issue) return A_bar."""
+    return space.derive(discretize(A, space.node_slices, edges_kept(space)))
+
+
+@torch.no_grad()
+def evaluate(model, abar, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the discrete child A_bar (as the official code's validation pass)."""
+    model.eval()
+    specs, loss, correct, n = child_specs(abar), 0.0, 0, 0
+    for x, y in loader:
+        x, y = augment(x.to(device)), y.to(device)
+        logits = model(x, specs)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    return loss / n, correct / n
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    # everything that can fail on bad input happens before the run directory exists
+    space = nasp_space(args.ops, args.space)
+    keep = edges_kept(space)
+    paired, test_loader, info = data.search_loaders(
+        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
+        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+    table = data.load_table(args.nb201_table) if args.nb201_table else None
+    model = space.supernet(args.C, args.layers, info.num_classes).to(device)
+    A = init_arch(space, device)
+    rel_size = size_weights(space, device)
+    opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
+    arch_opt = torch.optim.Adam(A.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
+    gen = torch.Generator().manual_seed(args.seed)
+    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+
+    run_name = args.run_name or f"nasp{args.ops or ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
+    log = data.RunLogger(args.out_dir, run_name, vars(args))
+    for epoch in range(1, args.epochs + 1):
+        t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
+        times, changes, prev = {"arch_step_s": 0.0, "weight_step_s": 0.0}, 0, discretize(A, space.node_slices, keep)
+        for (x, y), (xa, ya) in paired:
+            x, y = augment(x.to(device)), y.to(device)
+            xa, ya = augment(xa.to(device)), ya.to(device)
+            # DEVIATION: the official code takes each architecture batch from a fresh iterator (a random batch);
+            # PairedBatches walks the shuffled architecture split, as in darts.py.
+            # ALGO LOGIC: Algorithm 2 order: arch step at A_bar -> prox_C2 (clamp) -> A_bar = prox_C1(A) -> weight step
+            t_arch = time.time()
+            arch_loss, arch_acc = arch_step(model, A, arch_opt, xa, ya, space.node_slices, rel_size, args.reg, keep)
+            prox_c2_(A)
+            abar = discretize(A, space.node_slices, keep)
+            t_weight = time.time()
+            train_loss, train_acc = weight_step(model, abar, opt, x, y, args.grad_clip)
+            times["arch_step_s"] += t_weight - t_arch
+            times["weight_step_s"] += time.time() - t_weight
+            changes += sum(int(not torch.equal(abar[g], prev[g])) for g in abar)
+            prev = abar
+            for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
+                sums[k] += v
+        sched.step()
+        abar = discretize(A, space.node_slices, keep)
+        genotype = derive_genotype(space, A)
+        metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "lr": sched.get_last_lr()[0],
+                   "epoch_time_s": time.time() - t0, **times, "abar_changes": changes,
+                   "size_term": float(size_penalty(abar, rel_size)), "genotype": str(genotype)}
+        metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
+        if table is not None:
+            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        log.log(metrics)
+        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes",
+                                                   "oracle_c10_test_200"))
+
+    abar = discretize(A, space.node_slices, keep)
+    test_loss, test_acc = evaluate(model, abar, test_loader, test_augment, device)
+    genotype = derive_genotype(space, A)
+    result = {"algorithm": "nasp", "search_space": args.space, "ops": args.ops, "genotype": genotype.to_json(),
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "search_time_s": time.time() - log.start,
+              "alphas": {g: a.detach().cpu().tolist() for g, a in A.items()},
+              "alphas_discrete": {g: a.cpu().tolist() for g, a in abar.items()}}
+    log.write_json("genotype.json", result)
+    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
+    print(f"genotype: {genotype}\nresults in {log.path}")
+    return {**result, "run_dir": str(log.path)}
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
+        sys.exit(f"error: {err}")

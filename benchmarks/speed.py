@@ -1,0 +1,259 @@
+"""Speed benchmarks of nasref's algorithms, each measured side by side with its baseline in one run.
+
+Every benchmark is a function in `BENCHMARKS` (name -> function(BenchConfig) -> list of result rows). A benchmark
+builds one callable per contender, times them with `interleaved_times` (warm-up, then repeated rounds in rotating
+order, so load from other processes hits every contender alike) and reports medians and their ratios.
+Add a benchmark by writing `bench_<name>(cfg)` and adding it to the table.
+
+Benchmarks:
+  nasp  NASP's weight step (forward + backward + clip + SGD through the discrete child A_bar) against DARTS'
+        (the same through the softmax mixture of every op on every edge), same supernet size and batch, at 7 ops
+        (DARTS' ops without `none`) and at 12 ops (NASP's larger space; DARTS is run on it with softmax weights).
+        The paper's claim as set for this repository: >= 5x at 7 ops, >= 10x at 12 ops. NASP's cost depends on
+        its child: the target is checked on random children (A ~ U[0, 1], 3 seeds, median of their medians); the
+        "largest child" rows (the op with the most parameters on every kept edge) are shown for information.
+
+Usage:
+    python benchmarks/speed.py                    # all benchmarks: batch 64, C=16, 8 cells, 32 px, CPU, 7 rounds
+    python benchmarks/speed.py --quick            # 3 rounds
+    python benchmarks/speed.py --only nasp --threads 2 --json speed.json
+Prints the machine and library versions first. Exit status 1 with --strict when a target is missed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+_root = Path(__file__).resolve().parents[1]
+for _p in (_root, _root / "algos"):  # benchmarks may import the algos files
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+import darts  # noqa: E402
+import nasp  # noqa: E402
+import spaces  # noqa: E402
+
+
+@dataclass
+class BenchConfig:
+    batch_size: int = 64
+    C: int = 16
+    layers: int = 8
+    image_size: int = 32
+    num_classes: int = 10
+    repeats: int = 7
+    warmup: int = 1
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass
+class Row:
+    benchmark: str
+    case: str
+    baseline: str
+    candidate: str
+    baseline_ms: float
+    candidate_ms: float
+    ratio: float  # baseline median / candidate median: the candidate's speed-up
+    target: float | None  # minimum ratio claimed; None = for information
+    detail: dict = field(default_factory=dict)  # median ms of every contender timed with this row
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.target is None else self.ratio >= self.target
+
+
+# ---------------------------------------------------------------------------------------------- machinery
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name()
+    return info
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                      device: str = "cpu", order_log: list | None = None) -> dict[str, list[float]]:
+    """Seconds per call of every callable: `warmup` untimed calls each, then `repeats` rounds, each round calling
+    every callable once, the order rotated by one per round. `order_log` (if given) receives the call order."""
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            _sync(device)
+            t = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+            if order_log is not None:
+                order_log.append(name)
+    return times
+
+
+def median_ms(samples: list[float]) -> float:
+    return 1000.0 * statistics.median(samples)
+
+
+def _batch(cfg: BenchConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=gen)
+    return x.to(cfg.device), y.to(cfg.device)
+
+
+def _sgd(model) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
+
+
+# ---------------------------------------------------------------------------------------------- nasp
+def darts_weight_step_fn(space, cfg: BenchConfig) -> Callable[[], tuple]:
+    """One call = darts.weight_step: forward/backward through softmax(alpha) * every op on every edge, clip, SGD."""
+    torch.manual_seed(cfg.seed)
+    model = space.supernet(cfg.C, cfg.layers, cfg.num_classes).to(cfg.device)
+    alphas = darts.init_alphas(space, cfg.device)
+    opt, (x, y) = _sgd(model), _batch(cfg, torch.Generator().manual_seed(cfg.seed))
+    return lambda: darts.weight_step(model, alphas, opt, x, y, 5.0)
+
+
+def random_arch(space, seed: int, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A uniform in [0, 1]: its A_bar is a random DARTS cell (random kept edges, random ops)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {g: torch.rand(*shape, generator=gen).to(device) for g, shape in space.arch_shapes().items()}
+
+
+def largest_arch(space, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """A whose A_bar puts, per cell type, the op with the most parameters (ties: the later op) on every kept edge."""
+    A = {}
+    for g, (n_edges, n_ops) in space.arch_shapes().items():
+        counts = nasp.op_param_counts(space.ops[g])
+        k = max(range(n_ops), key=lambda i: (counts[i], i))
+        A[g] = torch.zeros(n_edges, n_ops, device=device)
+        A[g][:, k] = 1.0
+    return A
+
+
+def nasp_weight_step_fn(space, cfg: BenchConfig, A: dict[str, torch.Tensor]) -> Callable[[], tuple]:
+    """One call = A_bar = prox_C1(A), then nasp.weight_step: forward/backward through the child only, clip, SGD."""
+    torch.manual_seed(cfg.seed)
+    model = space.supernet(cfg.C, cfg.layers, cfg.num_classes).to(cfg.device)
+    opt, (x, y) = _sgd(model), _batch(cfg, torch.Generator().manual_seed(cfg.seed))
+    return lambda: nasp.weight_step(model, nasp.discretize(A, space.node_slices), opt, x, y, 5.0)
+
+
+NASP_TARGETS = {7: 5.0, 12: 10.0}
+
+
+def bench_nasp(cfg: BenchConfig, op_sets=(7, 12), children: int = 3) -> list[Row]:
+    """Per op set: DARTS' weight step, NASP's on `children` random children (A ~ U[0,1], seeds seed..seed+children-1)
+    and on the largest child, all interleaved. The random-child row uses the median of the children's medians."""
+    rows = []
+    for n_ops in op_sets:
+        space = nasp.nasp_space(n_ops)
+        fns = {"darts": darts_weight_step_fn(space, cfg)}
+        for i in range(children):
+            fns[f"nasp_random{i}"] = nasp_weight_step_fn(space, cfg, random_arch(space, cfg.seed + i, cfg.device))
+        fns["nasp_largest"] = nasp_weight_step_fn(space, cfg, largest_arch(space, cfg.device))
+        times = interleaved_times(fns, cfg.repeats, cfg.warmup, cfg.device)
+        base = median_ms(times["darts"])
+        medians = {name: median_ms(t) for name, t in times.items()}
+        random_ms = statistics.median(medians[f"nasp_random{i}"] for i in range(children))
+        for case, cand, target in ((f"random child (x{children})", random_ms, NASP_TARGETS[n_ops]),
+                                   ("largest child", medians["nasp_largest"], None)):
+            rows.append(Row("nasp", f"{n_ops} ops, {case}", "darts weight step", "nasp weight step",
+                            base, cand, base / cand, target, medians))
+    return rows
+
+
+BENCHMARKS: dict[str, Callable[[BenchConfig], list[Row]]] = {
+    "nasp": bench_nasp,
+}
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Speed benchmarks, each measured side by side with its baseline.")
+    p.add_argument("--only", nargs="+", default=None, choices=sorted(BENCHMARKS), help="benchmarks to run (default: all)")
+    p.add_argument("--quick", action="store_true", help="3 timed rounds instead of --repeats")
+    p.add_argument("--repeats", type=int, default=BenchConfig.repeats, help="timed rounds (median over them)")
+    p.add_argument("--warmup", type=int, default=BenchConfig.warmup, help="untimed rounds first")
+    p.add_argument("--batch-size", type=int, default=BenchConfig.batch_size, help="batch size")
+    p.add_argument("--C", type=int, default=BenchConfig.C, help="initial channels of the supernets")
+    p.add_argument("--layers", type=int, default=BenchConfig.layers, help="cells of the supernets")
+    p.add_argument("--image-size", type=int, default=BenchConfig.image_size, help="input resolution (random images)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the models, batches and random architectures")
+    p.add_argument("--json", default=None, help="also write machine info, config and rows to this JSON file")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = p.parse_args(argv)
+    if min(args.repeats, args.batch_size, args.C, args.layers, args.image_size) < 1 or args.warmup < 0:
+        p.error("--repeats, --batch-size, --C, --layers, --image-size must be >= 1 and --warmup >= 0")
+    return args
+
+
+def format_rows(rows: list[Row]) -> str:
+    head = f"{'benchmark':<10} {'case':<26} {'baseline ms':>12} {'candidate ms':>13} {'ratio':>7} {'target':>7}  ok"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        target = "-" if r.target is None else f">={r.target:g}x"
+        ok = "-" if r.ok is None else ("yes" if r.ok else "NO")
+        lines.append(f"{r.benchmark:<10} {r.case:<26} {r.baseline_ms:>12.1f} {r.candidate_ms:>13.1f} "
+                     f"{r.ratio:>6.1f}x {target:>7}  {ok}")
+    details = []
+    for r in rows:
+        if r.detail and r.detail not in details:
+            details.append(r.detail)
+    lines += ["median ms: " + ", ".join(f"{k} {v:.1f}" for k, v in d.items()) for d in details]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[Row]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = BenchConfig(args.batch_size, args.C, args.layers, args.image_size, repeats=3 if args.quick else args.repeats,
+                      warmup=args.warmup, device=args.device, seed=args.seed)
+    info = machine_info()
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    print("config:  " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), flush=True)
+    rows = []
+    for name in args.only or list(BENCHMARKS):
+        t = time.time()
+        new = BENCHMARKS[name](cfg)
+        rows += new
+        print(f"\n[{name}] {time.time() - t:.0f}s, medians over {cfg.repeats} interleaved rounds\n{format_rows(new)}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "config": asdict(cfg),
+                                               "rows": [{**asdict(r), "ok": r.ok} for r in rows]}, indent=2) + "\n")
+    if args.strict and any(r.ok is False for r in rows):
+        sys.exit(1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
