@@ -12,6 +12,14 @@ Benchmarks:
         The paper's claim as set for this repository: >= 5x at 7 ops, >= 10x at 12 ops. NASP's cost depends on
         its child: the target is checked on random children (A ~ U[0, 1], 3 seeds, median of their medians); the
         "largest child" rows (the op with the most parameters on every kept edge) are shown for information.
+  xautodl  Our NB201 supernet weight step against the established implementation (xautodl's TinyNetworkDarts and
+        TinyNetworkGDAS, an optional dependency: skipped with a message when absent) at NB201's search size
+        (--nb201-C 16, --nb201-N 5, same batch). Targets: ours <= 0.8x their time (DARTS), <= 0.9x (GDAS).
+  single_path  Single-path weight steps (gaea_gdas and asng on NB201, nasp on the DARTS space) against the same
+        child trained as a plain discrete network. Target: <= 1.2x the child's time.
+  memory  Peak memory of a DARTS search step vs a PC-DARTS (partial channels) one (benchmarks/memory.py, each in a
+        fresh process). Target: PC-DARTS <= 0.45x.
+Ratios are always "baseline / candidate" so that bigger is better: a time target of <= 0.8x reads >= 1.25x.
 
 Usage:
     python benchmarks/speed.py                    # all benchmarks: batch 64, C=16, 8 cells, 32 px, CPU, 7 rounds
@@ -34,12 +42,16 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 _root = Path(__file__).resolve().parents[1]
-for _p in (_root, _root / "algos"):  # benchmarks may import the algos files
+for _p in (_root, _root / "algos", _root / "benchmarks"):  # benchmarks may import the algos files
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
+import asng  # noqa: E402
 import darts  # noqa: E402
+import gaea_gdas  # noqa: E402
+import memory  # noqa: E402  (benchmarks/memory.py)
 import nasp  # noqa: E402
 import spaces  # noqa: E402
 
@@ -55,6 +67,8 @@ class BenchConfig:
     warmup: int = 1
     device: str = "cpu"
     seed: int = 0
+    nb201_C: int = 16
+    nb201_N: int = 5
 
 
 @dataclass
@@ -189,8 +203,146 @@ def bench_nasp(cfg: BenchConfig, op_sets=(7, 12), children: int = 3) -> list[Row
     return rows
 
 
+
+
+# ---------------------------------------------------------------------------------------------- xautodl
+def _xautodl():
+    """TinyNetworkDarts / TinyNetworkGDAS from the xautodl package (AutoDL-Projects), or None when absent."""
+    try:
+        from xautodl.models.cell_searchs.search_model_darts import TinyNetworkDarts
+        from xautodl.models.cell_searchs.search_model_gdas import TinyNetworkGDAS
+    except ImportError:
+        return None
+    return TinyNetworkDarts, TinyNetworkGDAS
+
+
+def xautodl_step_fn(net_cls, cfg: BenchConfig, C: int, N: int, tau: float | None = None) -> Callable[[], None]:
+    """One call = xautodl's NB201 search weight step as its DARTS-V1 / GDAS scripts take it: forward (GDAS: one
+    Gumbel sample, only the sampled op per edge), cross entropy, backward, clip 5, SGD on the weights."""
+    torch.manual_seed(cfg.seed)
+    net = net_cls(C, N, 4, cfg.num_classes, spaces.NB201_OPS, False, True).to(cfg.device)
+    if tau is not None:
+        net.set_tau(tau)
+    opt = torch.optim.SGD(net.get_weights(), 0.025, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    x, y = _batch(cfg, torch.Generator().manual_seed(cfg.seed))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        _, logits = net(x)
+        F.cross_entropy(logits, y).backward()
+        torch.nn.utils.clip_grad_norm_(net.get_weights(), 5.0)
+        opt.step()
+    return step
+
+
+def gdas_step_fn(cfg: BenchConfig, C: int, N: int) -> Callable[[], object]:
+    """One call = gaea_gdas' weight step: a fresh Gumbel-max child, only its ops run, clip, SGD."""
+    torch.manual_seed(cfg.seed)
+    space = spaces.get_space("nb201")
+    model = space.supernet(C, N, cfg.num_classes, edge=gaea_gdas.GDASEdge).to(cfg.device)
+    arch = gaea_gdas.init_arch(space, "softmax-adam", cfg.device)
+    opt, gen = _sgd(model), torch.Generator().manual_seed(cfg.seed)
+    x, y = _batch(cfg, torch.Generator().manual_seed(cfg.seed))
+    return lambda: gaea_gdas.weight_step(model, gaea_gdas.sample_child(arch, "softmax-adam", gen), opt, x, y, 5.0)
+
+
+XAUTODL_TARGETS = {"darts": 1 / 0.8, "gdas": 1 / 0.9}  # ours <= 0.8x / 0.9x their time
+
+
+def bench_xautodl(cfg: BenchConfig) -> list[Row]:
+    """NB201 supernet weight step, ours vs xautodl's TinyNetworkDarts / TinyNetworkGDAS at --nb201-C / --nb201-N
+    (NB201's search size 16 / 5 by default). Ratio = their time / ours."""
+    C, N = cfg.nb201_C, cfg.nb201_N
+    classes = _xautodl()
+    if classes is None:
+        print("xautodl is not installed: skipping (optional benchmark dependency: pip install --no-deps xautodl)")
+        return []
+    nb201 = spaces.get_space("nb201")
+    cfg_nb = BenchConfig(**{**asdict(cfg), "C": C, "layers": N})
+    fns = {"xautodl_darts": xautodl_step_fn(classes[0], cfg_nb, C, N), "ours_darts": darts_weight_step_fn(nb201, cfg_nb),
+           "xautodl_gdas": xautodl_step_fn(classes[1], cfg_nb, C, N, tau=10.0), "ours_gdas": gdas_step_fn(cfg_nb, C, N)}
+    med = {k: median_ms(v) for k, v in interleaved_times(fns, cfg.repeats, cfg.warmup, cfg.device).items()}
+    return [Row("xautodl", f"nb201 {kind} step C={C} N={N}", f"xautodl {kind}", f"ours {kind}",
+                med[f"xautodl_{kind}"], med[f"ours_{kind}"], med[f"xautodl_{kind}"] / med[f"ours_{kind}"],
+                XAUTODL_TARGETS[kind], med) for kind in ("darts", "gdas")]
+
+
+# ------------------------------------------------------------------------------------------- single path
+def child_step_fn(net, cfg: BenchConfig) -> Callable[[], None]:
+    """One call = a plain discrete network's training step (forward, cross entropy, backward, clip 5, SGD)."""
+    net = net.to(cfg.device)
+    opt, (x, y) = _sgd(net), _batch(cfg, torch.Generator().manual_seed(cfg.seed))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        out = net(x)
+        F.cross_entropy(out[0] if isinstance(out, tuple) else out, y).backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+    return step
+
+
+SINGLE_PATH_TARGET = 1 / 1.2  # single-path step <= 1.2x the child's step
+
+
+def bench_single_path(cfg: BenchConfig) -> list[Row]:
+    """Single-path weight steps vs the same child as a plain discrete network. gaea_gdas and asng on NB201 (C=16,
+    N=5) with the distribution fixed at one random child; nasp on the DARTS space (--C, --layers, 7 ops) with
+    A_bar = that child, against DartsEvalNetwork of its genotype (no auxiliary head, drop path 0).
+    ASNG's step trains lambda=2 children on the batch: its row compares it with lambda child steps."""
+    torch.manual_seed(cfg.seed)
+    nb201, nb201_C, nb201_N = spaces.get_space("nb201"), cfg.nb201_C, cfg.nb201_N
+    cfg_nb = BenchConfig(**{**asdict(cfg), "C": nb201_C, "layers": nb201_N})
+    gen = torch.Generator().manual_seed(cfg.seed)
+    index = torch.randint(0, len(spaces.NB201_OPS), (6,), generator=gen).tolist()
+    child = {"normal": index}
+    genotype = nb201.derive({"normal": F.one_hot(torch.tensor(index), len(spaces.NB201_OPS)).float()})
+    gdas_net = nb201.supernet(nb201_C, nb201_N, cfg.num_classes, edge=gaea_gdas.GDASEdge).to(cfg.device)
+    opt_g, (x, y) = _sgd(gdas_net), _batch(cfg_nb, torch.Generator().manual_seed(cfg.seed))
+    asng_net = nb201.supernet(nb201_C, nb201_N, cfg.num_classes).to(cfg.device)
+    opt_a, lam = _sgd(asng_net), 2
+    variables = asng.ArchVariables(nb201)
+    dist = asng.CategoricalASNG(variables.categories)
+    dist.theta = F.one_hot(torch.tensor(index), dist.theta.shape[1]).double()  # every sample is the child
+    darts_space = nasp.nasp_space(7)
+    A = random_arch(darts_space, cfg.seed, cfg.device)
+    A_bar = nasp.discretize(A, darts_space.node_slices)
+    darts_genotype = darts_space.derive(A_bar)
+    nasp_fn = nasp_weight_step_fn(darts_space, cfg, A)
+    fns = {
+        "gaea_gdas": lambda: gaea_gdas.weight_step(gdas_net, child, opt_g, x, y, 5.0),
+        "nb201_child": child_step_fn(spaces.NB201Network(genotype, nb201_C, nb201_N, cfg.num_classes), cfg_nb),
+        "asng": lambda: asng.weight_step(asng_net, dist, variables, opt_a, x, y, 5.0, lam, gen),
+        "nasp": nasp_fn,
+        "darts_child": child_step_fn(spaces.DartsEvalNetwork(darts_genotype, cfg.C, cfg.layers, cfg.num_classes,
+                                                             auxiliary=False), cfg),
+    }
+    med = {k: median_ms(v) for k, v in interleaved_times(fns, cfg.repeats, cfg.warmup, cfg.device).items()}
+    return [
+        Row("single", f"gaea_gdas nb201 {genotype}"[:26], "child network", "gaea_gdas step", med["nb201_child"],
+            med["gaea_gdas"], med["nb201_child"] / med["gaea_gdas"], SINGLE_PATH_TARGET, med),
+        Row("single", f"asng nb201 (lambda={lam})", f"{lam} x child network", "asng step", lam * med["nb201_child"],
+            med["asng"], lam * med["nb201_child"] / med["asng"], SINGLE_PATH_TARGET, med),
+        Row("single", "nasp darts 7 ops", "child network", "nasp weight step", med["darts_child"], med["nasp"],
+            med["darts_child"] / med["nasp"], SINGLE_PATH_TARGET, med),
+    ]
+
+# ---------------------------------------------------------------------------------------------- memory
+def bench_memory(cfg: BenchConfig) -> list[Row]:
+    """Peak memory of one search step (architecture step + weight step) of darts.py's supernet vs gaea_pcdarts'
+    partial-channel supernet, same batch and size, each in a fresh process (benchmarks/memory.py). The ratio
+    column here is darts / pc-darts memory (target >= 1/0.45); the 'ms' columns hold MiB."""
+    darts_mib = statistics.median(memory.measure("darts", cfg.batch_size, cfg.C, cfg.layers, cfg.device) for _ in range(2)) / 2**20
+    pc_mib = statistics.median(memory.measure("gaea_pcdarts", cfg.batch_size, cfg.C, cfg.layers, cfg.device) for _ in range(2)) / 2**20
+    return [Row("memory", f"darts space b{cfg.batch_size} (MiB)", "darts peak", "gaea_pcdarts peak", darts_mib, pc_mib,
+                darts_mib / pc_mib, 1 / 0.45, {"darts_MiB": darts_mib, "gaea_pcdarts_MiB": pc_mib})]
+
+
 BENCHMARKS: dict[str, Callable[[BenchConfig], list[Row]]] = {
     "nasp": bench_nasp,
+    "xautodl": bench_xautodl,
+    "single_path": bench_single_path,
+    "memory": bench_memory,
 }
 
 
@@ -205,6 +357,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--C", type=int, default=BenchConfig.C, help="initial channels of the supernets")
     p.add_argument("--layers", type=int, default=BenchConfig.layers, help="cells of the supernets")
     p.add_argument("--image-size", type=int, default=BenchConfig.image_size, help="input resolution (random images)")
+    p.add_argument("--nb201-C", type=int, default=BenchConfig.nb201_C, help="NB201 supernet channels (xautodl, single_path)")
+    p.add_argument("--nb201-N", type=int, default=BenchConfig.nb201_N, help="NB201 cells per stage (xautodl, single_path)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models, batches and random architectures")
@@ -220,7 +374,7 @@ def format_rows(rows: list[Row]) -> str:
     head = f"{'benchmark':<10} {'case':<26} {'baseline ms':>12} {'candidate ms':>13} {'ratio':>7} {'target':>7}  ok"
     lines = [head, "-" * len(head)]
     for r in rows:
-        target = "-" if r.target is None else f">={r.target:g}x"
+        target = "-" if r.target is None else f">={r.target:.2f}x"
         ok = "-" if r.ok is None else ("yes" if r.ok else "NO")
         lines.append(f"{r.benchmark:<10} {r.case:<26} {r.baseline_ms:>12.1f} {r.candidate_ms:>13.1f} "
                      f"{r.ratio:>6.1f}x {target:>7}  {ok}")
@@ -237,7 +391,7 @@ def main(argv=None) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = BenchConfig(args.batch_size, args.C, args.layers, args.image_size, repeats=3 if args.quick else args.repeats,
-                      warmup=args.warmup, device=args.device, seed=args.seed)
+                      warmup=args.warmup, device=args.device, seed=args.seed, nb201_C=args.nb201_C, nb201_N=args.nb201_N)
     info = machine_info()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print("config:  " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), flush=True)
