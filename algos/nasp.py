@@ -123,11 +123,12 @@ def prox_c2_(A: dict[str, torch.Tensor]) -> None:
 @torch.no_grad()
 def prox_c1(a: torch.Tensor, node_slices, keep: int | None = 2) -> torch.Tensor:
     best_v, best_k = a.max(dim=1)
-    abar = torch.zeros_like(a)
+    values, ops = best_v.tolist(), best_k.tolist()  # read once: no device sync per edge
+    kept = []
     for start, end in node_slices:
-        order = sorted(range(start, end), key=lambda e: -best_v[e].item())[:keep]  # stable sort: ties keep lower e
-        for e in order:
-            abar[e, best_k[e]] = 1.0
+        kept += sorted(range(start, end), key=lambda e: -values[e])[:keep]  # stable sort: ties keep lower e
+    abar = torch.zeros_like(a)
+    abar[kept, [ops[e] for e in kept]] = 1.0
     return abar
 
 
@@ -142,7 +143,7 @@ def edges_kept(space) -> int | None:
 
 def child_specs(abar: dict[str, torch.Tensor]) -> dict[str, list]:
     """A_bar as MixedEdge specs: the hot op's index on a kept edge (only that op runs), None on a dropped edge."""
-    return {g: [int(row.argmax()) if row.any() else None for row in a] for g, a in abar.items()}
+    return {g: [k if on else None for k, on in zip(a.argmax(1).tolist(), a.any(1).tolist())] for g, a in abar.items()}
 
 
 def op_param_counts(op_names, C: int = PARAM_COUNT_C) -> list[int]:
