@@ -21,12 +21,6 @@ TINY = ["--dataset", "synthetic", "--train-subset", "64", "--batch-size", "32", 
         "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core box the first calls of every conv shape with 2 threads
-    took 10-60 s (the whole file 150 s instead of 30 s). Results do not depend on it."""
-    torch.set_num_threads(1)
-    yield
 
 
 @pytest.fixture

@@ -23,21 +23,8 @@ NB201_OPS_NO_NONE = ["skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3
 TINY = ["--train-subset", "32", "--batch-size", "16", "--epochs", "1", "--C", "4", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine 2 OpenMP threads spin (here up to 30x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> str:
-    """32 training and 16 test images of 16x16 (the synthetic generator): keeps every run a few seconds."""
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, **data.make_synthetic(32, 16, image_size=16))
-    return str(path)
 
 
 @pytest.fixture

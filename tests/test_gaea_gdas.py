@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--batch-size", "16", "--C", "4", "--epochs", "1", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> str:
-    """data.make_synthetic's learnable toy images, 16 px, 64 train / 32 test: keeps each search run to ~1 s."""
-    path = tmp_path_factory.mktemp("data") / "tiny_synthetic.npz"
-    np.savez(path, **data.make_synthetic(64, 32, image_size=16))
-    return str(path)
 
 
 def run(tmp_path, dataset, *extra, name="r"):

@@ -21,21 +21,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import memory  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one thread avoids OpenMP spin-waits, which cost ~5x the CPU time on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> str:
-    """Synthetic data (data.make_synthetic) at 16 px with a 16-image test set, so smoke runs stay fast."""
-    path = tmp_path_factory.mktemp("data") / "tiny_synthetic.npz"
-    np.savez(path, **data.make_synthetic(64, 16, image_size=16))
-    return str(path)
 
 
 def _run(tmp_path, dataset, *extra):

@@ -18,13 +18,6 @@ TINY = ["--dataset", "synthetic", "--train-subset", "64", "--batch-size", "16", 
         "--epochs", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads; one thread keeps this file fast on a busy shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_setup(n_ops, seed=0, C=4, layers=3, batch=8, size=8):

@@ -19,12 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 INF = float("inf")
 
 
-@pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory) -> str:
-    """96 train / 32 test synthetic 16x16 images: 3 steps per epoch at batch 16 (bilevel 48/48)."""
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, **data.make_synthetic(96, 32, image_size=16))
-    return str(path)
 
 
 def _run(tmp_path, dataset, *extra):
