@@ -3,16 +3,13 @@ the combined-weight genotype, smoke runs on every space for both --arch-update v
 and the logic of benchmarks/memory.py at a tiny size."""
 import functools
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-import data
 import gaea_pcdarts as gp
 import spaces
 
