@@ -53,14 +53,14 @@ def size_flags(args) -> list[str]:
     return flags
 
 
-def run_one(label, algo, extra, seed, args, table_path, out_dir) -> tuple[dict, list[dict]]:
+def run_one(label, algo, extra, seed, args, table: dict, out_dir) -> tuple[dict, list[dict]]:
     """One search as its own process (`python algos/<algo>.py ...`, as a user runs it); returns (raw row,
     per-epoch curve rows) read back from the run's genotype.json and metrics.jsonl."""
     if algo == "gaea_pcdarts":  # GAEA PC-DARTS warms up 10 of 50 epochs: keep that fifth at reduced length
         extra = extra + ["--warmup-epochs", str(args.epochs // 5)]
     run_name = f"{algo}{'_'.join([''] + [e.strip('-') for e in extra if not e[0].isdigit()])}_s{seed}"
     argv = size_flags(args) + extra + ["--seed", str(seed), "--out-dir", str(out_dir / "runs"),
-                                       "--run-name", run_name, "--nb201-table", str(table_path)]
+                                       "--run-name", run_name, "--nb201-table", str(args.table)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.time()
     proc = subprocess.run([sys.executable, str(ROOT / "algos" / f"{algo}.py"), *argv], capture_output=True,
@@ -73,7 +73,7 @@ def run_one(label, algo, extra, seed, args, table_path, out_dir) -> tuple[dict, 
     arch = result["genotype_str"]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     row = {"algorithm": label, "seed": seed, "arch_str": arch, "search_s": round(seconds, 1)}
-    oracle = TABLE[arch]
+    oracle = table[arch]
     row.update({col: oracle[col] for col in ORACLE_COLUMNS})
     curves = [{"algorithm": label, "seed": seed, "epoch": m["epoch"],
                "oracle_c10_test_200": m.get("oracle_c10_test_200", float("nan")),
@@ -156,22 +156,19 @@ def parse_args(argv=None):
     return args
 
 
-TABLE: dict = {}
-
-
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     sys.path.insert(0, str(ROOT))
     import data  # noqa: E402 (the repository root is on the path only when this script runs)
 
-    TABLE.update(data.load_table(args.table))
+    table = data.load_table(args.table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     selected = [r for r in RUNS if args.only is None or r[0] in args.only or r[1] in args.only]
     jobs = [(label, algo, extra, seed) for label, algo, extra in selected for seed in range(args.seeds)]
     rows, curves = [], []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each search is its own process
-        futures = [pool.submit(run_one, *job, args, args.table, out) for job in jobs]
+        futures = [pool.submit(run_one, *job, args, table, out) for job in jobs]
         for future in futures:
             row, curve = future.result()
             rows.append(row)
