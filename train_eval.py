@@ -471,7 +471,10 @@ def main(argv=None) -> dict:
     args = resolve(args, genotype)
     rank, world, device = setup_distributed(args)
     try:
-        return run(args, genotype, ckpt, rank, world, device)
+        result = run(args, genotype, ckpt, rank, world, device)
+        if world > 1:  # leave together: a rank exiting while its peer still talks aborts the peer's gloo thread
+            dist.barrier()
+        return result
     finally:
         if world > 1:
             dist.destroy_process_group()
