@@ -628,14 +628,13 @@ class SearchRun(RunLogger):
 
     def __init__(self, args, default_name: str, argv=None):
         self.args, self.epochs = args, args.epochs
-        self.settings = {k: v for k, v in vars(args).items()}
+        self.settings = dict(vars(args))
         name = args.run_name or default_name
         self.tb = summary_writer_class() if args.tensorboard else None  # fails here, before anything is written
         self.writer = None
-        self.resuming, self.created = bool(args.resume), False
-        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.created, self.argv = False, list(sys.argv[1:] if argv is None else argv)
         set_deterministic(args.deterministic)
-        if self.resuming:
+        if args.resume:
             self.path, self.start = Path(args.out_dir) / name, time.time()
             self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
             check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
