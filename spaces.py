@@ -785,6 +785,12 @@ class NB1Shot1Space:
         shapes.update({f"in{b}": (1, b) for b in nb1shot1_choice_nodes(self.space_id)})
         return shapes
 
+    def parents(self) -> dict[str, int]:
+        """How many inputs each input group keeps: {'in{b}': parents of choice node b, 'out': parents of the output}."""
+        layout = NB1SHOT1_LAYOUT[self.space_id]
+        return {**{f"in{b}": layout["node_parents"][b - 1] for b in nb1shot1_choice_nodes(self.space_id)},
+                "out": layout["output_parents"]}
+
     def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> NB1Shot1Supernet:
         return NB1Shot1Supernet(self.space_id, C, layers or self.default_layers, num_classes, edge)
 
@@ -817,6 +823,12 @@ class NB1Shot1Space:
             matrix.insert(5, [0] * 7)
             op_list.insert(5, "conv1x1-bn-relu")
         return NB101Spec(tuple(map(tuple, matrix)), tuple(op_list))
+
+
+def mean_entropy(weights: dict) -> dict[str, float]:
+    """Mean entropy (nats) of the rows of each group of weights (rows on a simplex; zero entries add 0): how far a
+    search is from a discrete choice."""
+    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
 
 
 SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3")

@@ -181,10 +181,9 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         log.log(metrics)
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_c10_test_200"))
+        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_test"))
 
     test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
     genotype = derive_genotype(space, alphas)

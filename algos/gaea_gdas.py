@@ -294,10 +294,9 @@ def main(argv=None) -> dict:
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "tau": tau, "arch_updated": search,
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(distribution(arch, args.arch_update)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         log.log({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "tau", "entropy_normal", "oracle_c10_test_200"))
+        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "tau", "entropy_normal", "oracle_test"))
 
     test_loss, test_acc = evaluate(model, arch, args.arch_update, test_loader, test_augment, device)
     genotype = derive_genotype(space, arch, args.arch_update)

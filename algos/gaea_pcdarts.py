@@ -311,11 +311,10 @@ def main(argv=None) -> dict:
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in keep.items()}, "arch_steps": len(paired) if search else 0,
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update(mean_entropy(*fixed_weights(alphas, edges, layout, mode), layout))
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         log.log(metrics)
         log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "entropy_ops",
-                                                   "oracle_c10_test_200"))
+                                                   "oracle_test"))
 
     op_w, edge_w = fixed_weights(alphas, edges, layout, mode)
     test_loss, test_acc = evaluate(model, space, op_w, edge_w, test_loader, test_augment, device)

@@ -278,11 +278,10 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, **times, "abar_changes": changes,
                    "size_term": float(size_penalty(abar, rel_size)), "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         log.log(metrics)
         log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes",
-                                                   "oracle_c10_test_200"))
+                                                   "oracle_test"))
 
     abar = discretize(A, space.node_slices, keep)
     test_loss, test_acc = evaluate(model, abar, test_loader, test_augment, device)

@@ -288,12 +288,11 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(log_w)).items()})
         metrics.update({f"wiped_{g}": n for g, n in wiped_counts(log_w).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         log.log(metrics)
         log.progress(epoch, args.epochs, metrics,
                      ("train_loss", "train_acc", "arch_acc", "entropy_normal", "wiped_normal", "wiped_reduce",
-                      "oracle_c10_test_200"))
+                      "oracle_test"))
 
     test_loss, test_acc = evaluate(model, log_w, test_loader, test_augment, device)
     genotype = derive_genotype(space, log_w)
