@@ -411,28 +411,33 @@ def nb1shot1_choice_nodes(space_id: int) -> list[int]:
 
 class OneShotCell(nn.Module):
     """1Shot1 one-shot cell: choice block b = MixedEdge(sum_j w_bj * h_j) over h_0 = proj_b(input), h_1..h_{b-1};
-    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b)."""
+    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b). Input weights: a row (K,), per-sample rows (B, K),
+    or per-cell per-sample rows (cells, B, K), of which the cell takes row `cell_rank` (set by the algorithm)."""
 
     def __init__(self, C_in, C, space_id, edge: EdgeFactory):
         super().__init__()
+        self.cell_rank = None
         self.n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
         self.weighted = set(nb1shot1_choice_nodes(space_id))
         self.proj = nn.ModuleList(ConvBnRelu(C_in, C, 1, affine=False) for _ in range(self.n))
         self.proj_out = ConvBnRelu(C_in, C * self.n, 1, affine=False)
         self.blocks = nn.ModuleList(edge(C, 1, NB1SHOT1_OPS, False) for _ in range(self.n))
 
+    def _row(self, w: torch.Tensor) -> torch.Tensor:
+        return w[self.cell_rank] if w.dim() == 3 else w
+
     def forward(self, s0, arch):
-        outs, w_out = [], arch["out"][0]
+        outs, w_out = [], self._row(arch["out"][0])
         for b in range(1, self.n + 1):
             inputs = [self.proj[b - 1](s0)] + outs
             if b in self.weighted:
-                w_in = arch[f"in{b}"][0]
-                x = _node_sum([_scale(w_in[j], h) for j, h in enumerate(inputs)], b)
+                w_in = self._row(arch[f"in{b}"][0])
+                x = _node_sum([_scale(w_in[..., j], h) for j, h in enumerate(inputs)], b)
             else:
                 x = _node_sum(inputs, b)
             outs.append(self.blocks[b - 1](x, arch["ops"][b - 1]))
-        cat = torch.cat([_scale(w_out[b + 1], h) for b, h in enumerate(outs)], dim=1)
-        return cat + _scale(w_out[0], self.proj_out(s0))
+        cat = torch.cat([_scale(w_out[..., b + 1], h) for b, h in enumerate(outs)], dim=1)
+        return cat + _scale(w_out[..., 0], self.proj_out(s0))
 
 
 class NB1Shot1Supernet(nn.Module):
