@@ -77,11 +77,9 @@ def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def eg_update(theta: torch.Tensor, grad: torch.Tensor, lr: float, floor: float = 1e-5) -> torch.Tensor:
     """theta * exp(-lr * grad) per row, normalised, then the release's clamp at `floor` and renormalisation. PAPER: Eq. (8)
-    DEVIATION: in the log domain, because the release's product overflows float32 once lr * |grad| > ~88. Exact: the
-    normalised step softmax(log theta - lr * grad) = theta e^(-lr grad) / sum(theta e^(-lr grad)), so when no entry
-    reaches the floor the result is the release's (up to rounding). Not exact when the floor acts: the release clamps
-    the unnormalised product theta e^(-lr grad) at 1e-5 and then divides by its sum; we clamp the normalised vector
-    (and theta itself before the log), so the floored entries and the row sums differ slightly."""
+    DEVIATION: in the log domain (the release's product overflows float32 once lr * |grad| > ~88). Exact where no entry
+    hits the floor: softmax(log theta - lr grad) = theta e^(-lr grad) / sum. Not where it does: the release clamps the
+    unnormalised product at 1e-5, then divides; we clamp the normalised row (and theta before the log)."""
     theta = F.softmax(theta.clamp_min(floor).log() - lr * grad, dim=-1).clamp_min(floor)
     return theta / theta.sum(-1, keepdim=True)
 

@@ -276,6 +276,12 @@ def test_smoke_nb1shot1_nb101_spec_and_deterministic(tmp_path, space_name):
     assert r1["genotype"] == r2["genotype"] and r1["alphas"] == r2["alphas"]
     r3 = nasp.main(args + ["--abar-value", "paper", "--out-dir", str(tmp_path / "c")])
     assert spaces.parse_genotype(str(Path(r3["run_dir"]) / "genotype.json")).space == "nb101"
+    if space_name == "nb1shot1-2":  # the search's genotype.json retrains with train_eval.py's NB101 protocol
+        import train_eval
+        ev = train_eval.main(["--genotype", str(Path(r1["run_dir"]) / "genotype.json"), "--dataset", "synthetic",
+                              "--epochs", "1", "--batch-size", "16", "--C", "4", "--layers", "1", "--device", "cpu",
+                              "--out-dir", str(tmp_path / "eval"), "--train-subset", "32"])
+        assert ev["protocol"].startswith("nb101")
 
 
 def test_deterministic(tmp_path):
