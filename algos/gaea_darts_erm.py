@@ -78,7 +78,9 @@ def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def eg_update(theta: torch.Tensor, grad: torch.Tensor, lr: float, floor: float = 1e-5) -> torch.Tensor:
     """theta * exp(-lr * grad) per row, normalised, then the release's clamp at `floor` and renormalisation. PAPER: Eq. (8)
-    DEVIATION: in the log domain (same value; the release's product overflows float32 once lr * |grad| > ~88)."""
+    DEVIATION: in the log domain (the release's product overflows float32 once lr * |grad| > ~88). Exact where no entry
+    hits the floor: softmax(log theta - lr grad) = theta e^(-lr grad) / sum. Not where it does: the release clamps the
+    unnormalised product at 1e-5, then divides; we clamp the normalised row (and theta before the log)."""
     theta = F.softmax(theta.clamp_min(floor).log() - lr * grad, dim=-1).clamp_min(floor)
     return theta / theta.sum(-1, keepdim=True)
 
@@ -184,8 +186,7 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
     test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
