@@ -230,9 +230,10 @@ def jsonable_log_weights(log_w) -> dict[str, list]:
 
 
 @torch.no_grad()
-def evaluate(model, log_w, loader, augment, device) -> tuple[float, float]:
+def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
     model.eval()
-    weights, loss, correct, n = mixture_weights(log_w), 0.0, 0, 0
+    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)
         logits = model(x, weights)
@@ -295,10 +296,12 @@ def main(argv=None) -> dict:
                      ("train_loss", "train_acc", "arch_acc", "entropy_normal", "wiped_normal", "wiped_reduce",
                       "oracle_c10_test_200"))
 
-    test_loss, test_acc = evaluate(model, log_w, test_loader, test_augment, device)
+    test_loss, test_acc = evaluate(model, mixture_weights(log_w), test_loader, test_augment, device)
     genotype = derive_genotype(space, log_w)
+    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, w, test_loader, test_augment, device), device)
     result = {"algorithm": "xnas", "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - log.start, "steps": steps, "rounds_per_step": cells, "eta": etas,
               "expert_clip": L, "wiped": wiped_counts(log_w), "log_weights": jsonable_log_weights(log_w)}
     log.write_json("genotype.json", result)
