@@ -246,3 +246,16 @@ def test_quick_pipeline_runs_then_skips_everything(tmp_path, monkeypatch):
     monkeypatch.setattr(ds.shutil, "which", lambda name: None)
     monkeypatch.setattr(ds.subprocess, "run", lambda *a, **k: pytest.fail(f"finished step run again: {a}"))
     assert ds.main(argv) == rows  # a re-run skips every finished step and reports the same
+
+
+def test_print_commands_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ds.subprocess, "run", lambda *a, **k: pytest.fail("--print-commands must not run steps"))
+    out = tmp_path / "out"
+    ds.main(["--quick", "--references", "DARTS_V2", "random:1", "--arch-update", "softmax-adam", "--out-dir", str(out),
+             "--print-commands"])
+    text = capsys.readouterr().out
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(lines) == 2 + 2 + 2 + 4  # searches, selections, winner x 2 seeds, 2 references x 2 seeds
+    assert all("--arch-update softmax-adam" in line for line in lines if "algos/gaea_pcdarts.py" in line)
+    assert sum("WINNER_GENOTYPE_JSON" in line for line in lines) == 2
+    assert not (out / "search").exists() and not (out / "train").exists()
