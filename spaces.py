@@ -836,6 +836,43 @@ def mean_entropy(weights: dict) -> dict[str, float]:
     return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
 
 
+def one_hot_weights(space, genotype) -> dict[str, torch.Tensor]:
+    """A derived discrete cell in its supernet's weight format: per group an (n_edges, n_ops) tensor with the
+    genotype's op one-hot on each selected edge and a row of zeros on every other edge (unselected DARTS edges and
+    NB201 `none` edges are off: MixedEdge computes nothing there). `w.sum(-1)` is then the matching per-edge weight
+    (1 on kept edges, 0 elsewhere) for supernets with edge weights (PC-DARTS edge normalisation)."""
+    if isinstance(space, DartsSpace) and isinstance(genotype, DartsGenotype):
+        cells = {ct: [(op, j, i // 2) for i, (op, j) in enumerate(getattr(genotype, ct))] for ct in space.ops}
+        for ct in space.ops:
+            if len(getattr(genotype, ct)) != 2 * space.steps or sorted(getattr(genotype, ct + "_concat")) != list(
+                    range(2, 2 + space.steps)):
+                raise SpaceError(f"{ct} cell: the supernet has {space.steps} nodes, two inputs each, all concatenated")
+    elif isinstance(space, NB201Space) and isinstance(genotype, NB201Genotype):
+        cells = {"normal": [(op, j, i) for i, node in enumerate(genotype.nodes) for op, j in node]}
+    else:
+        raise SpaceError(f"no one-hot supernet weights for a {type(genotype).__name__} in the {space.name} space")
+    out = {}
+    for ct, picks in cells.items():
+        ops, w = space.ops[ct], torch.zeros(space.n_edges, len(space.ops[ct]))
+        for op, j, node in picks:
+            if op not in ops:
+                raise SpaceError(f"{ct} cell: op {op!r} is not in the space's op list {ops}")
+            if op != "none":
+                w[space.node_slices[node][0] + j, ops.index(op)] = 1.0
+        out[ct] = w
+    return out
+
+
+def discretisation_check(space, genotype, evaluate_with, device) -> dict:
+    """GAEA Sec. 4.1: the supernet's accuracy with the derived discrete cell in place of the continuous weights
+    (same shared weights, same BN statistics, no retraining). `evaluate_with(weights)` -> (loss, accuracy) runs the
+    algorithm's own evaluation with one_hot_weights. Spaces without a one-hot form (NAS-Bench-1Shot1) give {}."""
+    if not isinstance(space, (DartsSpace, NB201Space)):
+        return {}
+    loss, acc = evaluate_with({g: w.to(device) for g, w in one_hot_weights(space, genotype).items()})
+    return {"supernet_test_acc_discrete": acc, "supernet_test_loss_discrete": loss}
+
+
 SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3")
 
 

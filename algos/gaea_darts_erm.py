@@ -133,9 +133,10 @@ def derive_genotype(space, alphas):
 
 
 @torch.no_grad()
-def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
+def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
     model.eval()
-    weights, loss, correct, n = mixture_weights(alphas), 0.0, 0, 0
+    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)
         logits = model(x, weights)
@@ -189,10 +190,12 @@ def main(argv=None) -> dict:
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
-    test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
+    test_loss, test_acc = evaluate(model, mixture_weights(alphas), test_loader, test_augment, device)
     genotype = derive_genotype(space, alphas)
+    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, w, test_loader, test_augment, device), device)
     result = {"algorithm": "gaea_darts_erm", "bilevel": args.bilevel, "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()}}
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype))

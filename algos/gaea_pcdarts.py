@@ -321,9 +321,11 @@ def main(argv=None) -> dict:
     # DEVIATION: the final genotype is reported (as darts.py); GAEA's bilevel runs pick the best-validation epoch's,
     # which metrics.jsonl allows (one genotype per epoch).
     genotype = derive_genotype(space, alphas, edges, layout, mode)
+    gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell, same weights
+        model, test_loader, test_augment, device, w, {g: v.sum(-1) for g, v in w.items()}), device)
     result = {"algorithm": "gaea_pcdarts" if mode == "eg" else "pcdarts", "search_space": args.space,
               "genotype": genotype.to_json(), "genotype_str": str(genotype), "arch_update": mode,
-              "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, "search_time_s": time.time() - run.start,
+              "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap, "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()},
               "edges": {g: e.detach().cpu().tolist() for g, e in edges.items()}}
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype))

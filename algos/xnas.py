@@ -293,8 +293,10 @@ def main(argv=None) -> dict:
 
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(log_w))
     genotype = derive_genotype(space, log_w)
+    gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, test_loader, test_augment, device, w), device)
     result = {"algorithm": "xnas", "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - run.start, "steps": steps, "rounds_per_step": cells, "eta": etas,
               "expert_clip": L, "wiped": wiped_counts(log_w), "log_weights": jsonable_log_weights(log_w)}
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
