@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--bilevel", action="store_true", help="architecture steps on the held-out half (default ERM: whole training set)")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=25, help="search epochs")
     p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")

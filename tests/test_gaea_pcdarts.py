@@ -241,11 +241,12 @@ def test_memory_benchmark_logic_at_a_tiny_size():
         assert any(not torch.equal(p, q) for p, q in zip(net.arch_params, before))
     saved = {a: memory.saved_bytes(a, batch=2, C=8, layers=3, image_size=8) for a in memory.ALGOS}
     assert 0 < saved["gaea_pcdarts"] < memory.TARGET * saved["darts"]  # partial channels keep far fewer activations
-    fake = {"darts": 1000, "gaea_pcdarts": 300}
+    assert saved["darts_unrolled"] is None  # no single architecture forward to hook
+    fake = {"darts": 1000, "gaea_pcdarts": 300, "darts_unrolled": 1500}
     res = memory.compare(4, 8, 3, "cpu", repeats=3, measure_fn=lambda a, *rest: fake[a])
-    assert res["median"] == fake and res["ratio"] == pytest.approx(0.3)
+    assert res["median"] == fake and res["ratio"] == pytest.approx(0.3) and res["ratio_unrolled"] == pytest.approx(1.5)
     table = memory.format_table([res], saved)
-    assert "0.300" in table and "OK" in table and "gaea_pcdarts" in table
+    assert "0.300" in table and "OK" in table and "gaea_pcdarts" in table and "1.500" in table
     with pytest.raises(ValueError):
         memory.build("enas")
 
