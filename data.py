@@ -20,6 +20,7 @@ Conventions (NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `util
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import itertools
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
@@ -57,6 +60,7 @@ class DataInfo:
     mean: tuple  # per channel, [0, 1] units
     std: tuple
     crop_pad: int  # 4 for 32 px data, 2 for 16 px ImageNet16
+    loader_augments: bool = False  # ImageFolder data: crop and flip happen in the loader, Augment only normalises
 
 
 def _info(name: str, num_classes: int, image_size: int, mean255, std255) -> DataInfo:
@@ -218,21 +222,31 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, dro
 
 class Augment:
     """Batch transform on uint8 NCHW tensors (on any device) -> normalised float32 NCHW. train: random crop with
-    zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only."""
+    zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only.
+    `shard=(rank, world)`: the batch is this rank's part of a global batch whose element world*i + rank it holds as
+    element i (the interleaving of `shuffled_sampler`); the random numbers are drawn for the whole global batch from
+    a generator seeded alike on every rank and this rank's rows kept, so N ranks augment exactly as one process."""
 
-    def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None):
+    def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.train, self.pad, self.cutout, self.generator = train, info.crop_pad, cutout, generator
+        self.spatial, (self.rank, self.world) = train and not info.loader_augments, shard
         self.mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def _randint(self, high: int, size: tuple, device) -> torch.Tensor:  # drawn on CPU so runs are reproducible
-        return torch.randint(0, high, size, generator=self.generator).to(device)
+    def _randint(self, high: int, size: tuple, device, batch_dim: int = 0) -> torch.Tensor:
+        """Drawn on CPU so runs are reproducible; under `shard`, for the global batch, this rank's rows kept."""
+        if self.world == 1:
+            return torch.randint(0, high, size, generator=self.generator).to(device)
+        full = tuple(n * self.world if d == batch_dim else n for d, n in enumerate(size))
+        draw = torch.randint(0, high, full, generator=self.generator)
+        return draw[(slice(None),) * batch_dim + (slice(self.rank, None, self.world),)].to(device)
 
     def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         p = self.pad  # 0: flip only
         padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # N, H+2p, W+2p, C
-        off = self._randint(2 * p + 1, (2, n), x.device)
+        off = self._randint(2 * p + 1, (2, n), x.device, batch_dim=1)
         flip = self._randint(2, (n,), x.device).bool()
         ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         rows = off[0, :, None] + ar_h
@@ -251,7 +265,7 @@ class Augment:
         return x.masked_fill(hole[:, None], 0.0)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = self._crop_flip(x_uint8) if self.train else x_uint8
+        x = self._crop_flip(x_uint8) if self.spatial else x_uint8
         x = (x.to(torch.float32) / 255 - self.mean.to(x.device)) / self.std.to(x.device)
         return self._cutout(x) if self.train and self.cutout > 0 else x
 
@@ -412,3 +426,242 @@ class RunLogger:
 
     def write_text(self, name: str, text: str) -> None:
         _atomic_write(self.path / name, text)
+
+
+# ------------------------------------------------------------------------------------------ distributed
+class DistributedError(DataError):
+    """torchrun is not supported by a script, or ranks that must agree do not (a DataError: every script's error
+    handler prints it as one line)."""
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True in the process that prints and writes runs/<run>/ (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
+    the ranks use GPUs (device `auto` with CUDA present, or `cuda...`: rank r gets cuda:LOCAL_RANK), else gloo on CPU.
+    One process: (0, 1, the device asked for; `auto` = cuda if available)."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not under_torchrun():
+        return 0, 1, torch.device(("cuda" if want_cuda else "cpu") if device == "auto" else device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if want_cuda else "cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    return dist.get_rank(), dist.get_world_size(), dev
+
+
+def barrier_and_destroy() -> None:
+    """Leave the process group together: a rank that exits while its peer still talks aborts the peer's gloo
+    thread. Call it at the end of a successful run (torchrun stops all ranks when one fails)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def refuse_torchrun(reason: str) -> None:
+    """For scripts that cannot run as one search over several processes: under torchrun, rank 0 raises
+    DistributedError(reason) (one line) and the other ranks exit with status 1 without a word."""
+    if under_torchrun():
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(1)
+        raise DistributedError(reason)
+
+
+def per_rank_batch(batch_size: int, world: int) -> int:
+    """--batch-size is the global batch: each of `world` ranks gets batch_size / world."""
+    if batch_size % world:
+        raise DistributedError(f"--batch-size {batch_size} (the global batch) does not split over {world} processes")
+    return batch_size // world
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel around `model` under torchrun (its weight gradients are averaged over the ranks in
+    every backward outside `local_grads`); the model itself in one process."""
+    if world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def local_grads(model: nn.Module):
+    """Context: a backward inside it leaves the weight gradients local (DDP's no_sync). For the architecture step,
+    whose weight gradients are thrown away: it saves an all-reduce of every weight gradient."""
+    return model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+
+def all_reduce_mean_(tensors) -> None:
+    """Average tensors (same dtype and device) in place over the ranks, in one all-reduce; no-op in one process."""
+    tensors = [t for t in tensors if t is not None]
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def average_grads_before_step(optimizer: torch.optim.Optimizer) -> None:
+    """Under torchrun: before every step of `optimizer`, average its parameters' gradients over the ranks, so that
+    each rank steps with the global-batch gradient and the parameters stay identical everywhere."""
+    if world_size() > 1:
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: all_reduce_mean_(
+            [p.grad for group in opt.param_groups for p in group["params"]]))
+
+
+def mean_over_ranks(metrics: dict) -> dict:
+    """The float entries of `metrics` averaged over the ranks (per-rank means of equal shards -> global means)."""
+    keys = [k for k, v in metrics.items() if isinstance(v, float)]
+    if world_size() == 1 or not keys:
+        return metrics
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    all_reduce_mean_([t])
+    return {**metrics, **dict(zip(keys, t.tolist()))}
+
+
+def check_same_across_ranks(tensors, what: str) -> None:
+    """Raise DistributedError unless every rank holds the same values. Compares a float64 checksum (sum, position-
+    weighted sum, count of non-finite entries) by one all-reduce of its max and -min; no-op in one process."""
+    if world_size() == 1:
+        return
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    finite = torch.isfinite(flat)
+    x = torch.where(finite, flat, torch.zeros_like(flat))
+    pos = torch.arange(1, len(x) + 1, dtype=torch.float64, device=x.device)
+    s = torch.stack([x.sum(), (x * pos).sum(), (~finite).sum().double()])
+    both = torch.cat([s, -s])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    spread = (both[:3] + both[3:]).abs().max().item()  # max - min per checksum entry
+    if spread != 0:
+        raise DistributedError(f"{what} differs across the {world_size()} ranks (checksum spread {spread:.3g}); "
+                               f"the ranks no longer run one search")
+
+
+class ShardedShuffle(torch.utils.data.DistributedSampler):
+    """Seeded shuffling, sharded: pass p draws the permutation of seed + p (torch's DistributedSampler rule, same on
+    every rank) and rank r takes positions r, r + world, ... (padded to equal shards). Each `iter` starts the next
+    pass, so a loader that is iterated again reshuffles."""
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        order = super().__iter__()
+        self.set_epoch(self.epoch + 1)
+        return order
+
+
+def shuffled_sampler(n: int, seed: int, rank: int = 0, world: int = 1) -> ShardedShuffle:
+    return ShardedShuffle(n, seed, rank, world)
+
+
+# ------------------------------------------------------------------------------------------ ImageNet search
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SUBSET_SEED = 0  # the per-class subsets do not change with a search's --seed
+
+
+def per_class_subsets(targets, fractions=(0.1, 0.025), seed: int = IMAGENET_SUBSET_SEED) -> tuple[np.ndarray, ...]:
+    """Disjoint per-class random subsets of a labelled set (PC-DARTS' ImageNet search: 10% of every class for the
+    weights, 2.5% for the architecture). For each class in label order, the class's indices are permuted by one
+    numpy Generator(seed) and cut into the first max(1, round(f0 * n_c)), the next max(1, round(f1 * n_c)), ...
+    Returns sorted int64 index arrays, one per fraction."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if not fractions or any(f <= 0 for f in fractions) or sum(fractions) > 1:
+        raise DataError(f"subset fractions {tuple(fractions)} must be > 0 and sum to at most 1")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(targets, kind="stable")
+    classes, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
+    out = [[] for _ in fractions]
+    for c, start, n in zip(classes, starts, counts):
+        sizes = [max(1, int(round(f * n))) for f in fractions]
+        if sum(sizes) > n:
+            raise DataError(f"class {c} has {n} images, too few for one image in each of {len(fractions)} subsets")
+        perm = rng.permutation(order[start:start + n])
+        cuts = np.cumsum([0, *sizes])
+        for k in range(len(fractions)):
+            out[k].append(perm[cuts[k]:cuts[k + 1]])
+    return tuple(np.sort(np.concatenate(parts)) for parts in out)
+
+
+def read_subset_file(path, samples: list, root) -> np.ndarray:
+    """Indices of the images listed in a text file, one path per line relative to the ImageFolder root (e.g.
+    `n01440764/n01440764_10026.JPEG`), into `samples` (ImageFolder.samples)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except FileNotFoundError as e:
+        raise DataError(f"subset file not found: {path}") from e
+    where = {Path(p).relative_to(root).as_posix(): i for i, (p, _) in enumerate(samples)}
+    missing = [ln for ln in lines if ln not in where]
+    if missing or not lines:
+        raise DataError(f"{path}: {len(missing)} of {len(lines)} listed images are not in {root} (first: "
+                        f"{missing[0] if missing else 'the file is empty'})")
+    return np.asarray(sorted(where[ln] for ln in lines), dtype=np.int64)
+
+
+class FolderImages(Dataset):
+    """Some images of an ImageFolder (`samples`: (path, label) pairs) through a transform; picklable for workers."""
+
+    def __init__(self, samples: list, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.datasets.folder import default_loader  # torchvision: only the ImageFolder path needs it
+        path, label = self.samples[i]
+        return self.transform(default_loader(path)), label
+
+
+def imagenet_search_loaders(data_dir: str, batch_size: int, seed: int, workers: int = 8, rank: int = 0,
+                            world: int = 1, fractions=(0.1, 0.025), subset_files=None, image_size: int = 224,
+                            pin_memory: bool = False) -> tuple[PairedBatches, DataLoader, DataInfo]:
+    """PC-DARTS' ImageNet search data, same return shape as `search_loaders`: paired (weight, arch) batches from two
+    disjoint per-class subsets of DATA_DIR/train (an ImageFolder; `per_class_subsets`, or two `subset_files`), each
+    with RandomResizedCrop(image_size) + horizontal flip, served as uint8 NCHW by `workers` processes per loader
+    (Augment normalises them on the device); batch_size is per rank; and a loader over the architecture subset with
+    Resize(256/224 x size) + CenterCrop(size) for the supernet's final evaluation."""
+    from torchvision import datasets, transforms  # only the ImageFolder path needs it
+
+    root = Path(data_dir) / "train"
+    if not root.is_dir():
+        raise DataError(f"--dataset imagenet needs an ImageFolder directory {root} (one sub-directory per class)")
+    folder = datasets.ImageFolder(root)
+    if subset_files is not None:
+        w_idx, a_idx = (read_subset_file(f, folder.samples, root) for f in subset_files)
+        if np.intersect1d(w_idx, a_idx).size:
+            raise DataError(f"subset files {subset_files[0]} and {subset_files[1]} share images")
+    else:
+        w_idx, a_idx = per_class_subsets(folder.targets, fractions)
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+                                   transforms.PILToTensor()])
+    eval_tf = transforms.Compose([transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+                                  transforms.PILToTensor()])
+    pick = lambda idx: [folder.samples[i] for i in idx]  # noqa: E731
+
+    def loader(ds, sampler, stream):  # workers of each rank and loader get their own seeds for the random crops
+        return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 1000 * stream))
+
+    weights = loader(FolderImages(pick(w_idx), train_tf), shuffled_sampler(len(w_idx), seed, rank, world), 2 * rank)
+    arch = loader(FolderImages(pick(a_idx), train_tf), shuffled_sampler(len(a_idx), seed + 1, rank, world), 2 * rank + 1)
+    test = loader(FolderImages(pick(a_idx), eval_tf), None, 2 * world)
+    info = DataInfo("imagenet", len(folder.classes), image_size, IMAGENET_MEAN, IMAGENET_STD, 0, loader_augments=True)
+    return PairedBatches(weights, arch), test, info
