@@ -26,6 +26,7 @@ import datetime
 import itertools
 import gzip
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -570,6 +571,20 @@ class ShardedShuffle(torch.utils.data.DistributedSampler):
 
 def shuffled_sampler(n: int, seed: int, rank: int = 0, world: int = 1) -> ShardedShuffle:
     return ShardedShuffle(n, seed, rank, world)
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, epochs: int, lr_min: float = 0.0, warmup_epochs: int = 0):
+    """Per-epoch scheduler (step it once per epoch): cosine from the optimizer's lr to lr_min over `epochs` (the
+    closed form of CosineAnnealingLR), except that the first `warmup_epochs` epochs (0-based e < W) run at
+    lr x (e + 1) / W (PC-DARTS' ImageNet search warms up this way for batches > 256)."""
+    base = opt.param_groups[0]["lr"]
+
+    def factor(e: int) -> float:
+        if e < warmup_epochs:
+            return (e + 1) / warmup_epochs
+        return (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * e / epochs))) / base
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 # ------------------------------------------------------------------------------------------ ImageNet search

@@ -104,3 +104,24 @@ def test_imagenet_stem_supernet():
     assert spaces.get_space("darts").supernet(4, 5, 7).stem is not None  # cifar stem by default
     with pytest.raises(spaces.SpaceError):
         space.supernet(4, 5, 7, stem="tiny")
+
+
+def test_cosine_schedule_with_warmup():
+    def lrs(warmup):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        sched = data.cosine_schedule(opt, 10, 0.01, warmup)
+        out = []
+        for _ in range(10):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, 10, eta_min=0.01)
+    expected = []
+    for _ in range(10):
+        expected.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
+        ref.step()
+    assert lrs(0) == pytest.approx(expected, rel=1e-12)
+    assert lrs(3)[:4] == pytest.approx([0.5 / 3, 1.0 / 3, 0.5, expected[3]], rel=1e-12)
