@@ -23,12 +23,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
-import itertools
 import gzip
+import itertools
 import json
 import math
 import os
 import pickle
+import random
+import shlex
+import shutil
+import signal
+import sys
 import tempfile
 import time
 import urllib.error
@@ -40,7 +45,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120", "synthetic")  # plus any path ending in .npz
 CIFAR10_MEAN, CIFAR10_STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
@@ -212,11 +217,48 @@ def _identity(batch):
     return batch
 
 
+class SeededSampler(torch.utils.data.Sampler):
+    """Shuffled (or ordered) indices from an own generator, resumable mid-pass: `state_dict()` holds the generator
+    state at the start of the current pass and how many indices of it were served, so a restored sampler serves the
+    rest of that very permutation, then continues as the uninterrupted one would. With `world_size` > 1 each rank
+    serves its shard `perm[rank::world_size]` of one permutation shared by all ranks (padded by wrapping around, as
+    DistributedSampler, so every rank has the same number of indices)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.n, self.shuffle, self.rank, self.world = n, shuffle, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._pass_start, self._served, self._skip = None, 0, 0
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+    def __iter__(self):
+        self._pass_start, skip, self._skip = self.generator.get_state(), self._skip, 0
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        if self.world > 1:
+            order = torch.cat([order, order[: len(self) * self.world - self.n]])[self.rank::self.world]
+        self._served = skip
+        for i in order[skip:].tolist():
+            self._served += 1
+            yield i
+        self._pass_start = None
+
+    def state_dict(self) -> dict:
+        if self._pass_start is None:  # between passes
+            return {"generator": self.generator.get_state(), "served": 0}
+        return {"generator": self._pass_start, "served": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._pass_start, self._skip = None, int(state["served"])
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                sampler=None) -> DataLoader:
-    """Batched loader (batch arrives as (x_uint8 NCHW, y int64)); shuffling from a generator seeded with `seed`."""
+                sampler=None, rank: int = 0, world: int = 1) -> DataLoader:
+    """Batched loader (batch arrives as (x_uint8 NCHW, y int64)); shuffling by a resumable SeededSampler (this
+    rank's shard of it under torchrun)."""
     if sampler is None and shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        sampler = SeededSampler(len(dataset), seed, rank=rank, world_size=world)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
                       collate_fn=_identity)
 
@@ -225,7 +267,7 @@ class Augment:
     """Batch transform on uint8 NCHW tensors (on any device) -> normalised float32 NCHW. train: random crop with
     zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only.
     `shard=(rank, world)`: the batch is this rank's part of a global batch whose element world*i + rank it holds as
-    element i (the interleaving of `shuffled_sampler`); the random numbers are drawn for the whole global batch from
+    element i (the interleaving of `SeededSampler`); the random numbers are drawn for the whole global batch from
     a generator seeded alike on every rank and this rank's rows kept, so N ranks augment exactly as one process."""
 
     def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None,
@@ -323,24 +365,36 @@ class PairedBatches:
         return len(self.weight_loader)
 
     def _next_arch(self):
-        if self._arch_iter is not None:
-            try:
-                return next(self._arch_iter)
-            except StopIteration:
-                pass
-        self._arch_iter = iter(self.arch_loader)
-        return next(self._arch_iter)
+        for _ in range(3):  # the current pass; a restored pass may hold nothing more; then a fresh pass
+            if self._arch_iter is not None:
+                try:
+                    return next(self._arch_iter)
+                except StopIteration:
+                    pass
+            self._arch_iter = iter(self.arch_loader)
+        raise DataError("the architecture split is empty")
 
     def __iter__(self):
         for weight_batch in self.weight_loader:
             yield weight_batch, self._next_arch()
 
+    def state_dict(self) -> dict:
+        """Where both samplers stand (the architecture iterator's position inside its pass included)."""
+        return {"weight": self.weight_loader.sampler.state_dict(), "arch": self.arch_loader.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight_loader.sampler.load_state_dict(state["weight"])
+        self.arch_loader.sampler.load_state_dict(state["arch"])
+        self._arch_iter = None  # the next architecture batch comes from the restored pass
+
 
 def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, seed: int,
                    train_portion: float = 0.5, split_file: str | None = None, train_subset: int = 0,
                    synthetic_size: tuple = (2048, 512), image_size: int = 32,
-                   arch_batch_size: int | None = None) -> tuple[PairedBatches, DataLoader, DataInfo]:
-    """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo."""
+                   arch_batch_size: int | None = None, rank: int = 0,
+                   world: int = 1) -> tuple[PairedBatches, DataLoader, DataInfo]:
+    """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo. Under torchrun
+    (`world` > 1) batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
     arrays, info = load_arrays(dataset, data_dir, synthetic_size=synthetic_size, image_size=image_size)
     x, y = arrays["x_train"], arrays["y_train"]
     if train_subset > 0:
@@ -348,8 +402,8 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
     w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
     weight_ds = ArrayDataset(x[w_idx], y[w_idx])
     arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
-    weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed)
-    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1)
+    weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
+    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank, world=world)
     test_loader = make_loader(ArrayDataset(arrays["x_test"], arrays["y_test"]), batch_size, shuffle=False, seed=seed)
     return PairedBatches(weight_loader, arch_loader), test_loader, info
 
@@ -390,9 +444,23 @@ def _fmt(value) -> str:
 
 def _atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:  # interrupted (Ctrl-C, an error) before the rename: leave no half-written file behind
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _finite_or_none(obj):
+    """NaN and infinities are not JSON: they are logged as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 class RunLogger:
@@ -413,7 +481,7 @@ class RunLogger:
 
     def log(self, metrics: dict) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics, default=_jsonable) + "\n")
+            f.write(json.dumps(_finite_or_none(metrics), default=_jsonable, allow_nan=False) + "\n")
             f.flush()
 
     def progress(self, epoch: int, epochs: int, metrics: dict, keys: tuple) -> None:
@@ -427,6 +495,295 @@ class RunLogger:
 
     def write_text(self, name: str, text: str) -> None:
         _atomic_write(self.path / name, text)
+
+
+# ------------------------------------------------------------------------------------- checkpoint / resume
+CHECKPOINT = "checkpoint.pt"
+# flags that may differ between a run and its resumption (they change where or how it is watched, not what it computes)
+RESUMABLE_FLAGS = frozenset({"resume", "device", "data_dir", "out_dir", "run_name", "tensorboard", "log_every"})
+
+
+class ResumeError(DataError):
+    """A run cannot be resumed: no checkpoint, a corrupt one, or one written with other settings."""
+
+
+class NonFiniteLoss(DataError):
+    """A loss became NaN or infinite: the run stops (its last complete epoch stays on disk)."""
+
+
+def add_run_args(p) -> None:
+    """The flags every search shares and none tunes: resumption, TensorBoard, determinism."""
+    p.add_argument("--resume", action="store_true", help="continue the run OUT_DIR/RUN_NAME from its checkpoint.pt "
+                   "(same settings; the default run name is used when --run-name is not given)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT_DIR/RUN_NAME/tb/ "
+                   "(needs `pip install tensorboard`)")
+    p.add_argument("--log-every", type=int, default=50, help="TensorBoard: log the running training losses every N steps")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True), cuDNN "
+                   "benchmark off, CUBLAS_WORKSPACE_CONFIG set: bit-reproducible GPU runs, somewhat slower")
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (GPU runs are otherwise reproducible only up to atomics in cuDNN/cuBLAS reductions)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts; needed by CUDA >= 10.2
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+
+
+def rng_state() -> dict:
+    """The global generators: torch (CPU and every visible GPU), numpy, python."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state((state["numpy"][0], np.asarray(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+
+
+def capture(state):
+    """A copy of `state` that torch.save can write: modules, optimizers, schedulers and samplers by their
+    state_dict(), generators by their state, tensors cloned to the CPU, dicts recursively, anything else as it is."""
+    if hasattr(state, "state_dict"):
+        return state.state_dict()
+    if isinstance(state, torch.Generator):
+        return state.get_state()
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: capture(v) for k, v in state.items()}
+    return state
+
+
+def restore(state: dict, saved: dict) -> None:
+    """Undo `capture` in place: load_state_dict / set_state / copy_ into the live objects; plain values (numbers,
+    lists) are put back into the dict that holds them (so `vars(obj)` restores an object's attributes)."""
+    if set(state) != set(saved):
+        raise ResumeError(f"the checkpoint holds {sorted(saved)}, this run needs {sorted(state)}")
+    for k, v in state.items():
+        if hasattr(v, "load_state_dict"):
+            v.load_state_dict(saved[k])
+        elif isinstance(v, torch.Generator):
+            v.set_state(saved[k])
+        elif isinstance(v, torch.Tensor):
+            if v.shape != saved[k].shape:
+                raise ResumeError(f"checkpoint entry {k!r} has shape {tuple(saved[k].shape)}, not {tuple(v.shape)}")
+            with torch.no_grad():
+                v.copy_(saved[k])
+        elif isinstance(v, dict):
+            restore(v, saved[k])
+        else:
+            state[k] = saved[k]
+
+
+def save_checkpoint(path: Path, obj: dict) -> None:
+    """torch.save to a temporary file in the same directory, flushed to disk, then renamed over `path`: a run killed
+    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise ResumeError(f"no checkpoint to resume at {path} (run without --resume to start it anew)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ResumeError(f"{path} is not a readable checkpoint ({' '.join(str(e).split())[:200]})") from e
+
+
+def check_settings(saved: dict, now: dict, where) -> None:
+    """A checkpoint resumes only the run it came from: every flag except RESUMABLE_FLAGS must be the same."""
+    keys = (set(saved) | set(now)) - RESUMABLE_FLAGS
+    clashes = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(keys)
+               if saved.get(k) != now.get(k)]
+    if clashes:
+        raise ResumeError(f"refusing to resume {where} with other settings: {', '.join(clashes)}")
+
+
+# ------------------------------------------------------------------------------------------- TensorBoard
+def summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch's writer needs the optional `tensorboard` package
+        raise DataError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter
+
+
+def heatmap(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:
+    """An edges x ops weight matrix as a uint8 HWC image: each entry a cell x cell square, dark (0) to bright
+    yellow (row maximum 1) on a blue-green-yellow ramp."""
+    m = matrix.detach().float().cpu().reshape(matrix.shape[0], -1).clamp(0, 1).numpy()
+    ramp = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+    pos = m * (len(ramp) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(ramp) - 2)
+    rgb = ramp[lo] + (pos - lo)[..., None] * (ramp[lo + 1] - ramp[lo])
+    return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- a search run
+class SearchRun(RunLogger):
+    """runs/{run_name}/ of one search: everything RunLogger does, plus per-epoch atomic checkpoints and exact
+    resumption (`--resume`), in-epoch progress, TensorBoard (`--tensorboard`), a stop on non-finite losses, and
+    Ctrl-C handling (exit 130 with the resume command; the last complete checkpoint stays).
+
+    Use: build every object, then `state = {...}` (what the next epoch depends on), `for epoch in
+    range(run.restore(state), epochs + 1)`, iterate `run.steps(batches, epoch, sums)`, end each epoch with
+    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`."""
+
+    def __init__(self, args, default_name: str, argv=None):
+        self.args, self.epochs = args, args.epochs
+        self.settings = {k: v for k, v in vars(args).items()}
+        name = args.run_name or default_name
+        self.tb = summary_writer_class() if args.tensorboard else None  # fails here, before anything is written
+        self.writer = None
+        self.resuming, self.created = bool(args.resume), False
+        self.argv = list(sys.argv[1:] if argv is None else argv)
+        set_deterministic(args.deterministic)
+        if self.resuming:
+            self.path, self.start = Path(args.out_dir) / name, time.time()
+            self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
+            check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
+        else:
+            super().__init__(args.out_dir, name, self.settings)
+            self.created, self._ckpt = True, None
+        self.history, self.global_step = [], 0
+        self._previous_sigint = signal.signal(signal.SIGINT, self._interrupt)
+
+    # -- resumption
+    def restore(self, state: dict) -> int:
+        """Puts the checkpoint (if resuming) into the live objects; returns the first epoch still to run."""
+        if self._ckpt is None:
+            self._open_tb()
+            return 1
+        ckpt, self._ckpt = self._ckpt, None
+        try:
+            restore(state, ckpt["state"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # load_state_dict on a different network
+            raise ResumeError(f"{self.path / CHECKPOINT} does not fit this run: {' '.join(str(e).split())[:200]}") from e
+        set_rng_state(ckpt["rng"])
+        self.history, self.global_step = ckpt["history"], ckpt["global_step"]
+        self.start = time.time() - ckpt["elapsed"]
+        # metrics.jsonl ends with the checkpoint's epoch: lines of an epoch that did not finish are dropped
+        self.write_text("metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in self.history))
+        self._open_tb()
+        print(f"resuming {self.path} after epoch {ckpt['epoch']}/{self.epochs}", flush=True)
+        return ckpt["epoch"] + 1
+
+    def resume_command(self) -> str:
+        argv, skip = [], False
+        for a in self.argv:  # drop an earlier --resume / --run-name / --out-dir, then name this run exactly
+            if skip:
+                skip = False
+                continue
+            if a in ("--run-name", "--out-dir"):
+                skip = True
+                continue
+            if a == "--resume" or a.startswith(("--run-name=", "--out-dir=")):
+                continue
+            argv.append(a)
+        argv += ["--out-dir", str(self.path.parent), "--run-name", self.path.name, "--resume"]
+        return shlex.join(["python", sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "ALGO.py", *argv])
+
+    def _interrupt(self, signum, frame):
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        discarded = self._discard_if_nothing_saved()
+        if discarded:
+            print(f"\ninterrupted before the first epoch finished; {discarded}", file=sys.stderr, flush=True)
+        else:
+            print(f"\ninterrupted; epoch {len(self.history)} is saved. Resume with: {self.resume_command()}",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(130)
+
+    def _discard_if_nothing_saved(self) -> str:
+        """A run stopped before its first checkpoint leaves no half-made directory behind."""
+        if (self.path / CHECKPOINT).is_file():
+            return ""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return "nothing was kept"
+
+    # -- during an epoch
+    def steps(self, batches, epoch: int, sums: dict):
+        """Iterates `batches`; after each step checks that the running sums (losses, accuracies) are finite, shows
+        step i/n, steps/s, the ETA of the epoch and of the run and the running means (one line kept up to date on a
+        terminal, else a line every ~10% of the epoch), and logs the running losses to TensorBoard."""
+        n, t0, tty = len(batches), time.time(), sys.stdout.isatty()
+        every = max(1, math.ceil(n / 10))
+        for i, batch in enumerate(batches, 1):
+            yield batch
+            bad = [k for k, v in sums.items() if not math.isfinite(v)]
+            if bad:
+                flag = "--arch-lr" if bad[0].startswith("arch") else "--lr"
+                kept = self._discard_if_nothing_saved() or f"{self.path} holds epoch {len(self.history)} intact"
+                raise NonFiniteLoss(f"non-finite {bad[0]} at epoch {epoch} step {i}/{n}; lower the learning rate "
+                                    f"({flag}); {kept}")
+            self.global_step += 1
+            if self.writer is not None and self.global_step % self.args.log_every == 0:
+                for k, v in sums.items():
+                    if "loss" in k:
+                        self.writer.add_scalar(f"step/{k}", v / i, self.global_step)
+            if tty or i % every == 0 or i == n:
+                rate = i / max(time.time() - t0, 1e-9)
+                eta_epoch = (n - i) / rate
+                eta_run = eta_epoch + (self.epochs - epoch) * n / rate
+                shown = " ".join(f"{k} {v / i:.4g}" for k, v in sums.items() if v)
+                line = (f"epoch {epoch}/{self.epochs} step {i}/{n} | {rate:.2f} steps/s | ETA epoch "
+                        f"{datetime.timedelta(seconds=round(eta_epoch))} run {datetime.timedelta(seconds=round(eta_run))}"
+                        f" | {shown}")
+                if tty:  # one line, rewritten in place, cleared at the end of the epoch
+                    print("\r" + (line[:150] if i < n else "").ljust(150), end="\r" if i == n else "", flush=True)
+                elif i < n:
+                    print(line, flush=True)
+
+    # -- end of an epoch / the search
+    def end_epoch(self, state: dict, metrics: dict, arch_weights: dict | None = None) -> None:
+        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line."""
+        metrics = _finite_or_none(metrics)
+        self.history.append(metrics)
+        epoch = metrics["epoch"]
+        save_checkpoint(self.path / CHECKPOINT, {
+            "epoch": epoch, "state": capture(state), "rng": rng_state(), "history": self.history,
+            "global_step": self.global_step, "elapsed": time.time() - self.start, "settings": self.settings})
+        self.log(metrics)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                    self.writer.add_scalar(f"epoch/{k}", v, epoch)
+            for g, w in (arch_weights or {}).items():
+                self.writer.add_image(f"arch/{g}", heatmap(w), epoch, dataformats="HWC")
+            if "genotype" in metrics:
+                self.writer.add_text("genotype", str(metrics["genotype"]), epoch)
+            self.writer.flush()
+        keys = [k for k in ("train_loss", "train_acc", "arch_acc", "valid_acc", "tau", "entropy_normal", "entropy_ops",
+                            "theta_convergence", "delta", "abar_changes", "wiped_normal", "wiped_reduce",
+                            "oracle_c10_test_200") if k in metrics]
+        self.progress(epoch, self.epochs, metrics, tuple(keys))
+
+    def finish(self, result: dict, genotype, dot: str) -> dict:
+        self.write_json("genotype.json", _finite_or_none(result))
+        self.write_text("cell.dot", dot)
+        if self.writer is not None:
+            self.writer.add_text("final_genotype", str(genotype))
+            self.writer.close()
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        print(f"genotype: {genotype}\nresults in {self.path}", flush=True)
+        return {**result, "run_dir": str(self.path)}
+
+    def _open_tb(self) -> None:
+        self.writer = self.tb(str(self.path / "tb")) if self.tb is not None else None
 
 
 # ------------------------------------------------------------------------------------------ distributed
@@ -555,24 +912,6 @@ def check_same_across_ranks(tensors, what: str) -> None:
                                f"the ranks no longer run one search")
 
 
-class ShardedShuffle(torch.utils.data.DistributedSampler):
-    """Seeded shuffling, sharded: pass p draws the permutation of seed + p (torch's DistributedSampler rule, same on
-    every rank) and rank r takes positions r, r + world, ... (padded to equal shards). Each `iter` starts the next
-    pass, so a loader that is iterated again reshuffles."""
-
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
-        super().__init__(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-
-    def __iter__(self):
-        order = super().__iter__()
-        self.set_epoch(self.epoch + 1)
-        return order
-
-
-def shuffled_sampler(n: int, seed: int, rank: int = 0, world: int = 1) -> ShardedShuffle:
-    return ShardedShuffle(n, seed, rank, world)
-
-
 def cosine_schedule(opt: torch.optim.Optimizer, epochs: int, lr_min: float = 0.0, warmup_epochs: int = 0):
     """Per-epoch scheduler (step it once per epoch): cosine from the optimizer's lr to lr_min over `epochs` (the
     closed form of CosineAnnealingLR), except that the first `warmup_epochs` epochs (0-based e < W) run at
@@ -675,8 +1014,8 @@ def imagenet_search_loaders(data_dir: str, batch_size: int, seed: int, workers: 
         return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
                           persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 1000 * stream))
 
-    weights = loader(FolderImages(pick(w_idx), train_tf), shuffled_sampler(len(w_idx), seed, rank, world), 2 * rank)
-    arch = loader(FolderImages(pick(a_idx), train_tf), shuffled_sampler(len(a_idx), seed + 1, rank, world), 2 * rank + 1)
+    weights = loader(FolderImages(pick(w_idx), train_tf), SeededSampler(len(w_idx), seed, rank=rank, world_size=world), 2 * rank)
+    arch = loader(FolderImages(pick(a_idx), train_tf), SeededSampler(len(a_idx), seed + 1, rank=rank, world_size=world), 2 * rank + 1)
     test = loader(FolderImages(pick(a_idx), eval_tf), None, 2 * world)
     info = DataInfo("imagenet", len(folder.classes), image_size, IMAGENET_MEAN, IMAGENET_STD, 0, loader_augments=True)
     return PairedBatches(weights, arch), test, info

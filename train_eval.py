@@ -323,47 +323,25 @@ def make_loaders(args, train, test, rank, world, device):
 
 
 # ----------------------------------------------------------------------------------------- checkpointing
-def rng_state(augment_gen, sampler, device) -> dict:
-    np_state = np.random.get_state()
+def rng_state(augment_gen, sampler) -> dict:
     gen = getattr(sampler, "generator", None)
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # this rank's GPU only
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "python": random.getstate(),
-            "augment": augment_gen.get_state() if augment_gen is not None else None,
+    return {**data.rng_state(), "augment": augment_gen.get_state() if augment_gen is not None else None,
             "sampler": gen.get_state() if gen is not None else None}
 
 
-def set_rng_state(state: dict, augment_gen, sampler, device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    np.random.set_state((state["numpy"][0], np.asarray(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+def set_rng_state(state: dict, augment_gen, sampler) -> None:
+    data.set_rng_state(state)
     if augment_gen is not None:
         augment_gen.set_state(state["augment"])
     if getattr(sampler, "generator", None) is not None:
         sampler.generator.set_state(state["sampler"])
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same directory, flushed to disk, then renamed over `path`: a run killed
-    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def load_checkpoint(run_dir: str) -> dict:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ResumeError(f"no checkpoint to resume at {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return data.load_checkpoint(path)
 
 
 class ResumedRun(data.RunLogger):
@@ -492,7 +470,7 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"][rank], aug_gen, train_loader.sampler, device)
+        set_rng_state(ckpt["rng"][rank], aug_gen, train_loader.sampler)
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
     log = None
     if rank == 0:
@@ -521,12 +499,12 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
         history.append(metrics)
         states = [None] * world
         if world > 1:
-            dist.all_gather_object(states, rng_state(aug_gen, train_loader.sampler, device))
+            dist.all_gather_object(states, rng_state(aug_gen, train_loader.sampler))
         else:
-            states = [rng_state(aug_gen, train_loader.sampler, device)]
+            states = [rng_state(aug_gen, train_loader.sampler)]
         if rank == 0:
             log.log(metrics)
-            save_checkpoint(log.path / "checkpoint.pt", {
+            data.save_checkpoint(log.path / "checkpoint.pt", {
                 "epoch": epoch, "genotype": genotype.to_json(), "args": vars(args), "model": net.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": states, "history": history,
                 "elapsed": time.time() - log.start, "world_size": world})

@@ -73,6 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", default=None, help="default: asng_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     if args.space not in SUPPORTED:
         p.error(f"ASNG supports --space {' or '.join(SUPPORTED)}; {args.space} (inputs chosen by top-k weights) is not implemented")
@@ -338,12 +339,14 @@ def main(argv=None) -> dict:
     augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen)
     test_augment = data.Augment(info, train=False)
 
-    run_name = args.run_name or f"asng_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"asng_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "asng": vars(asng), "opt": opt, "sched": sched, "augment_gen": gen,
+             "sample_gen": arch_gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, skipped = time.time(), 0
         sums = {"train_loss": 0.0, "train_acc": 0.0, "valid_loss": 0.0, "valid_acc": 0.0}
-        for (x, y), (xv, yv) in paired:
+        for (x, y), (xv, yv) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xv, yv = augment(xv.to(device)), yv.to(device)
             # ALGO LOGIC: W step on sampled architectures first, then the theta step on fresh samples
@@ -360,21 +363,16 @@ def main(argv=None) -> dict:
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(asng, variables).items()})
         if table is not None:
             metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics,
-                     ("train_loss", "train_acc", "valid_acc", "theta_convergence", "delta", "oracle_c10_test_200"))
+        run.end_epoch(state, metrics, {"theta": asng.theta})
 
     mode = asng.mode()
     test_loss, test_acc = evaluate(model, variables.decode(mode), test_loader, test_augment, device)
     genotype = variables.genotype(mode)
     result = {"algorithm": "asng", "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
-              "search_time_s": time.time() - log.start, "delta": asng.delta, "theta_convergence": asng.convergence(),
+              "search_time_s": time.time() - run.start, "delta": asng.delta, "theta_convergence": asng.convergence(),
               "theta": {n: asng.theta[v, :k].tolist() for v, (n, k) in enumerate(zip(variables.names, variables.categories))}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ Offline quick start on the real CIFAR-100 subset:
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -81,6 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", default=None, help="default: {gaea_gdas|gdas}_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     # DEVIATION: weights as GAEA's NB201 config (plain momentum, wd 3e-4, lr cosine per epoch) for both rules, where
     # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 per the issue (GAEA's egdas config: 24).
     args = p.parse_args(argv)
@@ -272,43 +272,41 @@ def main(argv=None) -> dict:
     augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
 
     algorithm = "gaea_gdas" if args.arch_update == "eg" else "gdas"
-    run_name = args.run_name or f"{algorithm}_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"{algorithm}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "arch": arch, "opt": opt, "sched": sched, "arch_opt": arch_opt,
+             "augment_gen": gen, "gumbel_gen": gumbel_gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
         tau = tau_at(epoch - 1, args.epochs, args.warmup_epochs, args.tau_max, args.tau_min)
         search = epoch > args.warmup_epochs
-        for (x, y), (xa, ya) in paired:
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             # ALGO LOGIC: weight step on a sampled child first, then the architecture step (GDAS' order)
             # DEVIATION: GAEA's release runs the architecture step first
             train_loss, train_acc = weight_step(model, sample_child(arch, args.arch_update, gumbel_gen), opt, x, y, args.grad_clip)
-            arch_loss = arch_acc = math.nan
+            sums["train_loss"], sums["train_acc"] = sums["train_loss"] + train_loss, sums["train_acc"] + train_acc
             if search:
                 xa, ya = augment(xa.to(device)), ya.to(device)
                 arch_loss, arch_acc = arch_step(model, arch, args.arch_update, arch_opt, xa, ya, tau, gumbel_gen, kl_coef)
-            for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
-                sums[k] += v
+                sums["arch_loss"], sums["arch_acc"] = sums["arch_loss"] + arch_loss, sums["arch_acc"] + arch_acc
         sched.step()
         genotype = derive_genotype(space, arch, args.arch_update)
-        metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "tau": tau, "arch_updated": search,
+        keep = sums if search else {k: v for k, v in sums.items() if k.startswith("train")}
+        metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in keep.items()}, "tau": tau, "arch_updated": search,
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(distribution(arch, args.arch_update)).items()})
         if table is not None:
             metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()})
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "tau", "entropy_normal", "oracle_c10_test_200"))
+        run.end_epoch(state, metrics, distribution(arch, args.arch_update))
 
     test_loss, test_acc = evaluate(model, arch, args.arch_update, test_loader, test_augment, device)
     genotype = derive_genotype(space, arch, args.arch_update)
     result = {"algorithm": algorithm, "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
-              "search_time_s": time.time() - log.start, "arch_update": args.arch_update,
+              "search_time_s": time.time() - run.start, "arch_update": args.arch_update,
               "alphas": {g: a.detach().cpu().tolist() for g, a in arch.items()}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", default=None, help="default: gaea_pcdarts_{arch_update}_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     eg = args.arch_update == "eg"
     if args.nb201_table and args.space != "nb201":
@@ -292,12 +293,14 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
 
-    run_name = args.run_name or f"gaea_pcdarts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"gaea_pcdarts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "alphas": alphas, "edges": edges, "opt": opt, "sched": sched, "arch_opt": arch_opt,
+             "augment_gen": gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
         search = epoch > args.warmup_epochs  # ALGO LOGIC: warm-up epochs train the weights only
-        for (x, y), (xa, ya) in paired:
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
             if search:  # ALGO LOGIC: architecture step first, then weight step (PC-DARTS' and GAEA's order)
@@ -313,9 +316,7 @@ def main(argv=None) -> dict:
         metrics.update(mean_entropy(*fixed_weights(alphas, edges, layout, mode), layout))
         if table is not None:
             metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "entropy_ops",
-                                                   "oracle_c10_test_200"))
+        run.end_epoch(state, metrics, combined_weights(space, alphas, edges, layout, mode))
 
     op_w, edge_w = fixed_weights(alphas, edges, layout, mode)
     test_loss, test_acc = evaluate(model, space, op_w, edge_w, test_loader, test_augment, device)
@@ -324,13 +325,10 @@ def main(argv=None) -> dict:
     genotype = derive_genotype(space, alphas, edges, layout, mode)
     result = {"algorithm": "gaea_pcdarts" if mode == "eg" else "pcdarts", "search_space": args.space,
               "genotype": genotype.to_json(), "genotype_str": str(genotype), "arch_update": mode,
-              "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, "search_time_s": time.time() - log.start,
+              "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()},
               "edges": {g: e.detach().cpu().tolist() for g, e in edges.items()}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     if args.space not in ("darts", "nb201"):
         p.error(f"NASP here supports --space darts (its 7- and 12-op cell spaces) and nb201, got --space {args.space}")
@@ -248,12 +249,14 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
 
-    run_name = args.run_name or f"nasp{args.ops or ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"nasp{args.ops or ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "A": A, "opt": opt, "sched": sched, "arch_opt": arch_opt,
+             "augment_gen": gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
         times, changes, prev = {"arch_step_s": 0.0, "weight_step_s": 0.0}, 0, discretize(A, space.node_slices, keep)
-        for (x, y), (xa, ya) in paired:
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
             # DEVIATION: the official code takes each architecture batch from a fresh iterator (a random batch);
@@ -280,22 +283,17 @@ def main(argv=None) -> dict:
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
         if table is not None:
             metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes",
-                                                   "oracle_c10_test_200"))
+        run.end_epoch(state, metrics, A)
 
     abar = discretize(A, space.node_slices, keep)
     test_loss, test_acc = evaluate(model, abar, test_loader, test_augment, device)
     genotype = derive_genotype(space, A)
     result = {"algorithm": "nasp", "search_space": args.space, "ops": args.ops, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
-              "search_time_s": time.time() - log.start,
+              "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in A.items()},
               "alphas_discrete": {g: a.cpu().tolist() for g, a in abar.items()}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", default=None, help="default: xnas_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     if args.space not in SUPPORTED_SPACES:
         p.error(f"xnas supports --space {' or '.join(SUPPORTED_SPACES)}, not {args.space} "
@@ -266,13 +267,15 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
 
-    run_name = args.run_name or f"xnas_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
+    run = data.SearchRun(args, f"xnas_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "log_w": log_w, "opt": opt, "sched": sched,
+             "augment_gen": gen, "data_order": paired}
     print(f"xnas: T = {steps} steps, rounds per step {cells}, eta {', '.join(f'{g} {e:.3g}' for g, e in etas.items())}")
-    t = 0  # architecture updates done; counted exactly once per update
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
-        for (x, y), (xa, ya) in paired:
+        t = (epoch - 1) * len(paired)  # architecture updates done before this epoch
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
             t += 1
@@ -290,21 +293,15 @@ def main(argv=None) -> dict:
         metrics.update({f"wiped_{g}": n for g, n in wiped_counts(log_w).items()})
         if table is not None:
             metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics,
-                     ("train_loss", "train_acc", "arch_acc", "entropy_normal", "wiped_normal", "wiped_reduce",
-                      "oracle_c10_test_200"))
+        run.end_epoch(state, metrics, mixture_weights(log_w))
 
     test_loss, test_acc = evaluate(model, log_w, test_loader, test_augment, device)
     genotype = derive_genotype(space, log_w)
     result = {"algorithm": "xnas", "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
-              "search_time_s": time.time() - log.start, "steps": steps, "rounds_per_step": cells, "eta": etas,
+              "search_time_s": time.time() - run.start, "steps": steps, "rounds_per_step": cells, "eta": etas,
               "expert_clip": L, "wiped": wiped_counts(log_w), "log_weights": jsonable_log_weights(log_w)}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -76,8 +76,8 @@ def test_helpers_are_no_ops_in_one_process():
 
 def test_sharded_sampler_interleaves_one_global_order():
     n, world = 24, 3
-    single = data.shuffled_sampler(n, seed=5)
-    shards = [data.shuffled_sampler(n, seed=5, rank=r, world=world) for r in range(world)]
+    single = data.SeededSampler(n, seed=5)
+    shards = [data.SeededSampler(n, seed=5, rank=r, world_size=world) for r in range(world)]
     for _ in range(2):  # two passes: each reshuffles, alike on every rank
         order = list(single)
         parts = [list(s) for s in shards]

@@ -170,7 +170,7 @@ def test_genotype_ranks_edges_by_edge_weight_times_op_weight():
 def test_smoke_every_space_both_arch_updates(tmp_path, tiny_npz, space, mode):
     res = _run(tmp_path, tiny_npz, "--space", space, "--arch-update", mode, *_size_args(space))
     run = Path(res["run_dir"])
-    assert {p.name for p in run.iterdir()} == {"args.json", "metrics.jsonl", "genotype.json", "cell.dot"}
+    assert {p.name for p in run.iterdir()} == {"args.json", "metrics.jsonl", "genotype.json", "cell.dot", "checkpoint.pt"}
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["arch_steps"] for m in metrics] == [0, 1]  # epoch 1 is warm-up: no architecture step
     assert "arch_loss" not in metrics[0] and "arch_loss" in metrics[1]

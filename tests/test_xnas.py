@@ -153,7 +153,7 @@ def test_wiped_ops_are_never_computed_and_steps_touch_only_their_parameters():
 def test_smoke_writes_outputs_and_ends_with_one_op_per_edge(tmp_path, tiny_npz, space, layers, n_ops, epochs):
     res = _run(tmp_path, tiny_npz, "--space", space, "--layers", layers, "--epochs", str(epochs))
     run = Path(res["run_dir"])
-    assert {p.name for p in run.iterdir()} == {"args.json", "metrics.jsonl", "genotype.json", "cell.dot"}
+    assert {p.name for p in run.iterdir()} == {"args.json", "metrics.jsonl", "genotype.json", "cell.dot", "checkpoint.pt"}
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
     groups = ["normal"] if space == "nb201" else ["normal", "reduce"]
