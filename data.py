@@ -548,7 +548,10 @@ def set_rng_state(state: dict) -> None:
 
 def capture(state):
     """A copy of `state` that torch.save can write: modules, optimizers, schedulers and samplers by their
-    state_dict(), generators by their state, tensors cloned to the CPU, dicts recursively, anything else as it is."""
+    state_dict(), generators by their state, tensors cloned to the CPU, dicts recursively, anything else as it is.
+    A DistributedDataParallel model is saved as the model it wraps (the same checkpoint keys as in one process)."""
+    if isinstance(state, nn.parallel.DistributedDataParallel):
+        state = state.module
     if hasattr(state, "state_dict"):
         return state.state_dict()
     if isinstance(state, torch.Generator):
@@ -566,6 +569,7 @@ def restore(state: dict, saved: dict) -> None:
     if set(state) != set(saved):
         raise ResumeError(f"the checkpoint holds {sorted(saved)}, this run needs {sorted(state)}")
     for k, v in state.items():
+        v = v.module if isinstance(v, nn.parallel.DistributedDataParallel) else v
         if hasattr(v, "load_state_dict"):
             v.load_state_dict(saved[k])
         elif isinstance(v, torch.Generator):
@@ -641,13 +645,17 @@ class SearchRun(RunLogger):
 
     Use: build every object, then `state = {...}` (what the next epoch depends on), `for epoch in
     range(run.restore(state), epochs + 1)`, iterate `run.steps(batches, epoch, sums)`, end each epoch with
-    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`."""
+    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`.
+    Under torchrun (after `init_distributed`) every rank restores the same checkpoint and checks that its
+    architecture equals every other rank's at each epoch end; rank 0 alone writes and prints; `finish` leaves the
+    process group."""
 
     def __init__(self, args, default_name: str, argv=None):
         self.args, self.epochs = args, args.epochs
-        self.settings = {k: v for k, v in vars(args).items()}
+        self.settings = {**vars(args), "world_size": world_size()}  # a run resumes on as many processes
+        self.main = is_main()
         name = args.run_name or default_name
-        self.tb = summary_writer_class() if args.tensorboard else None  # fails here, before anything is written
+        self.tb = summary_writer_class() if args.tensorboard and self.main else None  # fails before anything is written
         self.writer = None
         self.resuming, self.created = bool(args.resume), False
         self.argv = list(sys.argv[1:] if argv is None else argv)
@@ -656,6 +664,8 @@ class SearchRun(RunLogger):
             self.path, self.start = Path(args.out_dir) / name, time.time()
             self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
             check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
+        elif not self.main:  # the other ranks write nothing
+            self.path, self.start, self._ckpt = Path(args.out_dir) / name, time.time(), None
         else:
             super().__init__(args.out_dir, name, self.settings)
             self.created, self._ckpt = True, None
@@ -676,10 +686,10 @@ class SearchRun(RunLogger):
         set_rng_state(ckpt["rng"])
         self.history, self.global_step = ckpt["history"], ckpt["global_step"]
         self.start = time.time() - ckpt["elapsed"]
-        # metrics.jsonl ends with the checkpoint's epoch: lines of an epoch that did not finish are dropped
-        self.write_text("metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in self.history))
+        if self.main:  # metrics.jsonl ends with the checkpoint's epoch: lines of an unfinished epoch are dropped
+            self.write_text("metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in self.history))
+            print(f"resuming {self.path} after epoch {ckpt['epoch']}/{self.epochs}", flush=True)
         self._open_tb()
-        print(f"resuming {self.path} after epoch {ckpt['epoch']}/{self.epochs}", flush=True)
         return ckpt["epoch"] + 1
 
     def resume_command(self) -> str:
@@ -700,6 +710,8 @@ class SearchRun(RunLogger):
     def _interrupt(self, signum, frame):
         signal.signal(signal.SIGINT, self._previous_sigint)
         discarded = self._discard_if_nothing_saved()
+        if not self.main:  # rank 0 says it
+            raise SystemExit(130)
         if discarded:
             print(f"\ninterrupted before the first epoch finished; {discarded}", file=sys.stderr, flush=True)
         else:
@@ -735,7 +747,7 @@ class SearchRun(RunLogger):
                 for k, v in sums.items():
                     if "loss" in k:
                         self.writer.add_scalar(f"step/{k}", v / i, self.global_step)
-            if tty or i % every == 0 or i == n:
+            if self.main and (tty or i % every == 0 or i == n):
                 rate = i / max(time.time() - t0, 1e-9)
                 eta_epoch = (n - i) / rate
                 eta_run = eta_epoch + (self.epochs - epoch) * n / rate
@@ -750,8 +762,12 @@ class SearchRun(RunLogger):
 
     # -- end of an epoch / the search
     def end_epoch(self, state: dict, metrics: dict, arch_weights: dict | None = None) -> None:
-        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line."""
-        metrics = _finite_or_none(metrics)
+        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line. Under torchrun:
+        raises unless `arch_weights` are the same on every rank; float metrics are averaged over the ranks."""
+        check_same_across_ranks(list((arch_weights or {}).values()), "the architecture")
+        metrics = _finite_or_none(mean_over_ranks(metrics))
+        if not self.main:
+            return
         self.history.append(metrics)
         epoch = metrics["epoch"]
         save_checkpoint(self.path / CHECKPOINT, {
@@ -773,6 +789,9 @@ class SearchRun(RunLogger):
         self.progress(epoch, self.epochs, metrics, tuple(keys))
 
     def finish(self, result: dict, genotype, dot: str) -> dict:
+        barrier_and_destroy()  # torchrun: the ranks leave together; only rank 0 goes on to write
+        if not self.main:
+            return result
         self.write_json("genotype.json", _finite_or_none(result))
         self.write_text("cell.dot", dot)
         if self.writer is not None:
@@ -897,7 +916,8 @@ def mean_over_ranks(metrics: dict) -> dict:
 def check_same_across_ranks(tensors, what: str) -> None:
     """Raise DistributedError unless every rank holds the same values. Compares a float64 checksum (sum, position-
     weighted sum, count of non-finite entries) by one all-reduce of its max and -min; no-op in one process."""
-    if world_size() == 1:
+    tensors = list(tensors)
+    if world_size() == 1 or not tensors:
         return
     flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
     finite = torch.isfinite(flat)

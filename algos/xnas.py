@@ -34,6 +34,8 @@ Reproduce the search (DARTS space, CIFAR-10, 50 epochs):
     python algos/xnas.py
 NAS-Bench-201 (as run by the GAEA authors), with the benchmark's accuracy of the derived cell each epoch:
     python algos/xnas.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
+    torchrun --nproc_per_node 8 algos/xnas.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/xnas.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -68,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=50, help="search epochs (also sets T, hence eta and the wipeout margin)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
@@ -198,8 +200,9 @@ def arch_step(model, log_w, x, y, cells, etas, L, rounds_left) -> tuple[float, f
     """Expert losses on the architecture batch at the current weights, clipped per sample, averaged over the batch,
     summed over the cells (rounds) of each group; then the XNAS update and wipeout of every group (in place)."""
     grads, loss, acc = per_sample_expert_losses(model, log_w, cells, x, y)
-    for g, G in grads.items():
-        step_loss = clip_expert_losses(G, L).mean(dim=1).sum(dim=0)  # (E, K)
+    step_losses = {g: clip_expert_losses(G, L).mean(dim=1).sum(dim=0) for g, G in grads.items()}  # (E, K) each
+    data.all_reduce_mean_(list(step_losses.values()))  # torchrun: the mean over the global batch (equal shards)
+    for g, step_loss in step_losses.items():
         log_w[g], _ = xnas_update(log_w[g], step_loss, etas[g], L, None if rounds_left is None else rounds_left[g])
     return loss, acc
 
@@ -247,14 +250,16 @@ def evaluate(model, log_w, loader, augment, device) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
     paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+        args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=not args.single_level,
+        seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
+        rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes, edge=XnasEdge).to(device)
+    # torchrun: wiped-out ops are never computed, so DDP must expect parameters without gradient
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, edge=XnasEdge).to(device), device, True)
     cells = assign_cell_ranks(model)
     if missing := [g for g in space.arch_shapes() if cells.get(g, 0) == 0]:
         raise spaces.SpaceError(f"--layers {args.layers} leaves no {' / '.join(missing)} cell to search")
@@ -265,7 +270,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
     run = data.SearchRun(args, f"xnas_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
@@ -281,7 +286,8 @@ def main(argv=None) -> dict:
             t += 1
             rounds_left = None if args.no_wipeout else {g: cells[g] * (steps - t) for g in log_w}
             # ALGO LOGIC: architecture step first, then weight step (DARTS' order)
-            arch_loss, arch_acc = arch_step(model, log_w, xa, ya, cells, etas, L, rounds_left)
+            with data.local_grads(model):  # torchrun: no weight gradients in this step
+                arch_loss, arch_acc = arch_step(model, log_w, xa, ya, cells, etas, L, rounds_left)
             train_loss, train_acc = weight_step(model, log_w, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v

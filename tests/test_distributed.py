@@ -1,8 +1,13 @@
 """torch.distributed helpers of data.py (gloo, 2 processes), sharded sampling and augmentation that make N ranks
 one search, and the refusal of scripts that do not support torchrun."""
+import json
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -109,3 +114,82 @@ def test_refuse_torchrun_is_one_line_on_rank_0_only(monkeypatch):
     with pytest.raises(SystemExit) as info:
         data.refuse_torchrun("single path")
     assert info.value.code == 1
+
+
+# ------------------------------------------------------------------------------------- torchrun searches
+ROOT = Path(__file__).resolve().parents[1]
+NO_BN = '''
+import runpy, sys
+import torch.nn as nn
+
+
+class NoBatchNorm(nn.Identity):
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+
+nn.BatchNorm2d = NoBatchNorm  # no batch statistics: the samples of a batch no longer interact
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+'''
+
+
+class NoBatchNorm(torch.nn.Identity):
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+
+def test_torchrun_two_processes_are_one_search(tiny_npz, tmp_path, monkeypatch):
+    """darts.py, 2 processes x batch 8 == 1 process x batch 16 with BatchNorm removed (the only term that couples the
+    samples of a batch): the same alpha after 2 epochs (6 architecture steps) up to float summation order; exactly one
+    run directory; the ranks' architectures were checked equal at every epoch end (a difference aborts the run).
+    The other mixture methods: benchmarks/ddp_equivalence.py (too slow for the suite)."""
+    algo = "darts"
+    argv = ["--space", "nb201", "--dataset", tiny_npz, "--C", "4", "--layers", "1", "--batch-size", "16",
+            "--epochs", "2", "--device", "cpu", "--seed", "0", "--run-name", "r"]
+    module = __import__(algo)
+    start = {}
+
+    def recording_init(space, device):
+        alphas = real_init(space, device)
+        start.update({g: a.detach().clone() for g, a in alphas.items()})
+        return alphas
+    real_init = module.init_alphas
+    monkeypatch.setattr(module, "init_alphas", recording_init)
+    monkeypatch.setattr(torch.nn, "BatchNorm2d", NoBatchNorm)
+    single = module.main([*argv, "--out-dir", str(tmp_path / "one")])
+    monkeypatch.undo()
+    runner = tmp_path / "no_bn.py"
+    runner.write_text(NO_BN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master-port", str(free_port()),
+           str(runner), str(ROOT / "algos" / f"{algo}.py"), *argv, "--out-dir", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "two").iterdir()] == ["r"] and proc.stdout.count("results in") == 1
+    two = json.loads((tmp_path / "two" / "r" / "genotype.json").read_text())
+    a1, a2 = (np.concatenate([np.ravel(r["alphas"][g]) for g in sorted(r["alphas"])]) for r in (single, two))
+    a0 = np.concatenate([start[g].numpy().ravel() for g in sorted(start)])
+    assert np.abs(a1 - a0).max() > 1e-3  # alpha moved (6 Adam steps of lr 3e-4) ...
+    np.testing.assert_allclose(a2, a1, rtol=0, atol=1e-6)  # ... identically (measured: ~2e-10; with BN: ~2e-3)
+    assert two["genotype"] == single["genotype"]
+    assert two["supernet_test_loss"] == pytest.approx(single["supernet_test_loss"], rel=1e-5)
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+@pytest.mark.parametrize("algo", ["gaea_gdas", "nasp", "asng"])
+def test_single_path_methods_refuse_torchrun(algo, tmp_path, monkeypatch):
+    module = __import__(algo)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(data.DistributedError, match="not under torchrun"):
+        module.main(["--dataset", "synthetic", "--device", "cpu", "--out-dir", str(tmp_path / "runs")])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_refusal_is_one_line(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "algos" / "nasp.py"), "--out-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: nasp.py") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

@@ -125,3 +125,38 @@ def test_cosine_schedule_with_warmup():
         ref.step()
     assert lrs(0) == pytest.approx(expected, rel=1e-12)
     assert lrs(3)[:4] == pytest.approx([0.5 / 3, 1.0 / 3, 0.5, expected[3]], rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["eg", "softmax-adam"])
+def test_gaea_pcdarts_imagenet_search_one_epoch(fake_imagenet, tmp_path, mode):
+    import json
+
+    import gaea_pcdarts
+
+    res = gaea_pcdarts.main(["--dataset", "imagenet", "--data-dir", str(fake_imagenet), "--arch-update", mode,
+                             "--workers", "0", "--C", "4", "--layers", "3", "--batch-size", "4", "--epochs", "1",
+                             "--warmup-epochs", "0", "--lr-warmup-epochs", "0", "--device", "cpu",
+                             "--out-dir", str(tmp_path)])
+    run = tmp_path / f"gaea_pcdarts_{mode}_darts_imagenet_s2"
+    args = json.loads((run / "args.json").read_text())
+    assert (args["partial_k"], args["lr"], args["arch_lr"]) == (2, 0.5, 0.1 if mode == "eg" else 6e-3)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert "stem0.0.weight" in ckpt["state"]["model"] and "stem.0.weight" not in ckpt["state"]["model"]
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1 and metrics[0]["arch_steps"] == 1  # 3 weight images (1 per class) -> one step
+    assert res["genotype"]["space"] == "darts" and 0.0 <= res["supernet_test_acc"] <= 1.0
+
+
+def test_gaea_pcdarts_imagenet_defaults_and_refusals(capsys):
+    import gaea_pcdarts
+
+    a = gaea_pcdarts.parse_args(["--dataset", "imagenet", "--arch-update", "softmax-adam"])
+    assert (a.partial_k, a.batch_size, a.lr, a.lr_warmup_epochs, a.warmup_epochs, a.arch_lr, a.workers, a.epochs,
+            a.C, a.wd) == (2, 1024, 0.5, 5, 35, 6e-3, 8, 50, 16, 3e-4)
+    c = gaea_pcdarts.parse_args([])
+    assert (c.partial_k, c.batch_size, c.lr, c.lr_warmup_epochs, c.warmup_epochs) == (4, 256, 0.1, 0, 10)
+    for bad in (["--dataset", "imagenet", "--space", "nb201"], ["--dataset", "imagenet", "--single-level"],
+                ["--workers", "4"]):
+        with pytest.raises(SystemExit):
+            gaea_pcdarts.parse_args(bad)
+    assert "--dataset imagenet" in capsys.readouterr().err
