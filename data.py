@@ -657,10 +657,9 @@ class SearchRun(RunLogger):
         name = args.run_name or default_name
         self.tb = summary_writer_class() if args.tensorboard and self.main else None  # fails before anything is written
         self.writer = None
-        self.resuming, self.created = bool(args.resume), False
-        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.created, self.argv = False, list(sys.argv[1:] if argv is None else argv)
         set_deterministic(args.deterministic)
-        if self.resuming:
+        if args.resume:
             self.path, self.start = Path(args.out_dir) / name, time.time()
             self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
             check_settings(self._ckpt.get("settings", {}), self.settings, self.path)

@@ -1,17 +1,20 @@
-"""DARTS, first order: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
+"""DARTS, first and second order: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
 
 Paper: https://arxiv.org/abs/1806.09055 -- official code: https://github.com/quark0/darts (cnn/)
 
 What this file implements: every edge of a supernet mixes its candidate ops with weights softmax(alpha)
 (PAPER: Eq. 2); the architecture logits alpha are trained by Adam on the loss of an architecture batch, the
-network weights by SGD on a training batch, alternating every step; first order, i.e. the gradient of alpha is
-taken at the current weights (PAPER: Eq. 6 with xi = 0). At the end each node keeps its two strongest incoming
+network weights by SGD on a training batch, alternating every step. First order (default): the gradient of alpha
+is taken at the current weights (PAPER: Eq. 6 with xi = 0). Second order (`--unrolled`, bilevel only): the gradient
+of alpha is taken after one virtual SGD step of the weights, with the implicit term by a finite-difference
+Hessian-vector product (PAPER: Eq. 6-8). At the end each node keeps its two strongest incoming
 edges with their strongest non-`none` op (DARTS space), or each edge its strongest op (NB201).
 Bilevel by default (weights on one half of the training set, alpha on the other); `--single-level` trains both
 on the whole training set (the ERM variant that GAEA studies).
 
-Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs):
+Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs), first and second order:
     python algos/darts.py
+    python algos/darts.py --unrolled
 NAS-Bench-201's DARTS-V1 baseline, with the benchmark's accuracy of the derived cell each epoch:
     python algos/darts.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 # DEVIATION: on nb201 we keep DARTS' own settings (momentum SGD, wd 3e-4, cosine per epoch, architecture step
@@ -31,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 _here = Path(__file__).resolve().parent
 if not (_here / "spaces.py").exists():  # repository layout: algos/ beside spaces.py and data.py
@@ -40,11 +44,12 @@ import spaces  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="First-order DARTS search (defaults: the paper's CIFAR-10 search).")
+    p = argparse.ArgumentParser(description="DARTS search (defaults: the paper's first-order CIFAR-10 search).")
     p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
+    p.add_argument("--unrolled", action="store_true", help="second order: alpha's gradient after a virtual weight step (bilevel only)")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
@@ -64,11 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=2, help="random seed")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", default=None, help="default: darts_{space}_{dataset}_s{seed}")
+    p.add_argument("--run-name", default=None, help="default: darts_{space}_{dataset}_s{seed} (darts2_... with --unrolled)")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     if args.nb201_table and args.space != "nb201":
         p.error("--nb201-table needs --space nb201")
+    if args.unrolled and args.single_level:
+        p.error("--unrolled is DARTS' bilevel second order: it needs separate weight and architecture batches, not --single-level")
     return args
 
 
@@ -96,6 +103,79 @@ def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
     loss.backward()
     arch_opt.step()
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
+
+
+# ALGO LOGIC: second order (--unrolled). Virtual weights are plain tensors handed to the supernet through
+# torch.func.functional_call: the model's own parameters are never overwritten.
+def virtual_step(model, alphas, opt, x, y, xi) -> dict[str, torch.Tensor]:
+    """w' = w - xi * (momentum * buf + grad_w L_train(w, alpha) + wd * w) with the momentum buffers, momentum and
+    weight decay of the SGD optimizer `opt`: the step `opt` would take next, without gradient clipping (as the
+    official code). Returns {parameter name: w'}, tensors without graph.
+    PAPER: Eq. (6) w' = w - xi grad_w L_train(w, alpha)
+    DEVIATION: the momentum and weight-decay terms are the official code's (its virtual step is the optimizer's
+    step); the paper's Eq. (6) is a plain gradient step."""
+    with torch.no_grad():
+        weights = mixture_weights(alphas)
+    names, params = zip(*model.named_parameters())
+    loss = F.cross_entropy(model(x, weights), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    group_of = {p: group for group in opt.param_groups for p in group["params"]}
+    w_virtual = {}
+    with torch.no_grad():
+        for name, p, g in zip(names, params, grads):
+            step = group_of[p]["weight_decay"] * p + (0.0 if g is None else g)
+            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+            if buf is not None:  # no buffer before the first real step: the official code uses zeros
+                step = step + group_of[p]["momentum"] * buf
+            w_virtual[name] = p - xi * step
+    return w_virtual
+
+
+def _grads_or_zeros(grads, tensors) -> list[torch.Tensor]:
+    """autograd.grad(allow_unused=True) gives None for a tensor the loss does not use (e.g. a group no cell has)."""
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
+
+
+def hessian_vector_product(model, alphas, vector: dict[str, torch.Tensor], x, y, r: float = 1e-2) -> list[torch.Tensor]:
+    """grad^2_{alpha, w} L_train(w, alpha) @ vector by central differences at the current weights w:
+    (grad_alpha L_train(w + eps v, alpha) - grad_alpha L_train(w - eps v, alpha)) / (2 eps), eps = r / ||v||.
+    PAPER: Eq. (8), eps = 0.01 / ||grad_w' L_val(w', alpha)||. Returns one tensor per alpha group."""
+    alpha_list = list(alphas.values())
+    eps = r / torch.cat([v.reshape(-1) for v in vector.values()]).norm()
+    params = dict(model.named_parameters())
+    grads = []
+    for sign in (1.0, -1.0):
+        w = {n: params[n].detach() + sign * eps * v for n, v in vector.items()}
+        loss = F.cross_entropy(functional_call(model, w, (x, mixture_weights(alphas))), y)
+        grads.append(_grads_or_zeros(torch.autograd.grad(loss, alpha_list, allow_unused=True), alpha_list))
+    return [(gp - gn) / (2 * eps) for gp, gn in zip(*grads)]
+
+
+def unrolled_arch_grads(model, alphas, opt, x, y, xa, ya, xi) -> tuple[list[torch.Tensor], float, float]:
+    """The second-order architecture gradient grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha)
+    grad_w' L_val(w', alpha), w' = virtual_step(...) on the training batch (x, y), L_val on the architecture batch
+    (xa, ya). PAPER: Eq. (7)-(8). Returns (one gradient per alpha group, loss and accuracy of L_val at w')."""
+    alpha_list = list(alphas.values())
+    leaves = {n: t.requires_grad_(True) for n, t in virtual_step(model, alphas, opt, x, y, xi).items()}
+    # the virtual network's BatchNorm running statistics are thrown away, as with the official code's model copy
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    logits = functional_call(model, {**leaves, **buffers}, (xa, mixture_weights(alphas)))
+    loss = F.cross_entropy(logits, ya)
+    grads = torch.autograd.grad(loss, alpha_list + list(leaves.values()), allow_unused=True)
+    vector = {n: g for n, g in zip(leaves, grads[len(alpha_list):]) if g is not None}  # grad_w' L_val(w', alpha)
+    hvp = hessian_vector_product(model, alphas, vector, x, y)
+    arch_grads = [g - xi * h for g, h in zip(_grads_or_zeros(grads[:len(alpha_list)], alpha_list), hvp)]
+    return arch_grads, loss.item(), (logits.argmax(1) == ya).float().mean().item()
+
+
+def unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, xi) -> tuple[float, float]:
+    """One Adam step on alpha with the second-order gradient (unrolled_arch_grads); the weights do not move."""
+    arch_grads, loss, acc = unrolled_arch_grads(model, alphas, opt, x, y, xa, ya, xi)
+    arch_opt.zero_grad(set_to_none=True)
+    for a, g in zip(alphas.values(), arch_grads):
+        a.grad = g
+    arch_opt.step()
+    return loss, acc
 
 
 def weight_step(model, alphas, opt, x, y, grad_clip) -> tuple[float, float]:
@@ -135,6 +215,8 @@ def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
+    if args.unrolled:  # its virtual weight step would use each rank's own batch
+        data.refuse_torchrun("--unrolled (second order) does not run under torchrun: run it as one process")
     rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
@@ -152,7 +234,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
-    run = data.SearchRun(args, f"darts_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.SearchRun(args, f"darts{'2' if args.unrolled else ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "alphas": alphas, "opt": opt, "sched": sched, "arch_opt": arch_opt,
              "augment_gen": gen, "data_order": paired}
@@ -161,9 +243,13 @@ def main(argv=None) -> dict:
         for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
-            # ALGO LOGIC: architecture step first, then weight step (DARTS' order)
+            # ALGO LOGIC: architecture step first, then weight step (DARTS' order); second order: xi = the weights'
+            # current learning rate (the official code passes its scheduler's lr)
             with data.local_grads(model):  # torchrun: the weight gradients of this step are not needed
-                arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
+                if args.unrolled:
+                    arch_loss, arch_acc = unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, opt.param_groups[0]["lr"])
+                else:
+                    arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
             train_loss, train_acc = weight_step(model, alphas, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v

@@ -8,7 +8,8 @@ What this file implements (Algorithm 2 of the paper, first order, no second-orde
     code does, only the 2 incoming edges per node with the largest kept A value (the DARTS cell); all other rows 0;
   - architecture step: the gradient of the architecture loss (+ the model-size regulariser) is taken at A_bar and
     applied to A by Adam, then A is clamped into [0, 1]; every op on every edge is computed in this step, because
-    dL/dA_bar[e, k] needs op_k's output even where A_bar is 0;
+    dL/dA_bar[e, k] = <dL/d node, op_k(x)> needs op_k's output even where A_bar is 0, but the autograd graph runs
+    only through the selected op of each kept edge (NaspEdge): the other outputs are computed without a graph;
   - weight step: forward/backward through the discrete child only (2 edges per node, 1 op each): this is where
     NASP's speed-up comes from (see benchmarks/speed.py).
   - the returned architecture is the final A_bar.
@@ -147,6 +148,30 @@ def child_specs(abar: dict[str, torch.Tensor]) -> dict[str, list]:
     return {g: [k if on else None for k, on in zip(a.argmax(1).tolist(), a.any(1).tolist())] for g, a in abar.items()}
 
 
+class NaspEdge(spaces.MixedEdge):
+    """MixedEdge whose architecture step builds the autograd graph only through the ops A_bar selects.
+    For a weight row w that needs gradient (A_bar's row on this edge: one-hot on a kept edge, all 0 on a dropped one)
+    the output is sum_k w_k * op_k(x) as in MixedEdge, but op_k(x) is computed without a graph wherever w_k = 0:
+    it enters only as a constant multiplied by w_k, so w_k still gets its exact gradient <dL/d out, op_k(x)>, and
+    nothing flows into op_k's weights or back into x through it, where the full graph sends exactly 0 (w_k = 0).
+    Scalar weights per edge only (a (K,) row). Every other spec (weight step, evaluation) is MixedEdge's."""
+
+    def forward(self, x, spec):
+        if not (torch.is_tensor(spec) and spec.requires_grad):
+            return super().forward(x, spec)
+        selected = (spec.detach() != 0).tolist()  # one host read per edge (as XnasEdge)
+        out = None
+        for k in self.computable:
+            if selected[k]:
+                y = spec[k] * self.ops[k](x)
+            else:
+                with torch.no_grad():  # ALGO LOGIC: unselected op: value only, no graph
+                    y_k = self.ops[k](x)
+                y = spec[k] * y_k
+            out = y if out is None else out + y
+        return x[:, :, ::self.stride, ::self.stride].mul(0.0) if out is None else out
+
+
 def op_param_counts(op_names, C: int = PARAM_COUNT_C) -> list[int]:
     """p_k: parameters of each op built at C channels, stride 1, affine=False (the official PARAMS table)."""
     return [sum(t.numel() for t in spaces.make_op(n, C, 1, affine=False).parameters()) for n in op_names]
@@ -180,7 +205,8 @@ def mean_entropy(A: dict[str, torch.Tensor]) -> dict[str, float]:
 def arch_step(model, A, arch_opt, x, y, node_slices, rel_size, reg, keep=2) -> tuple[float, float]:
     """A_bar = prox_C1(A); gradient of L(w, A_bar) + R(A_bar) with respect to A_bar; Adam step on A with it.
     PAPER: Algorithm 2 (first order: no term through w), Eq. (8) for R."""
-    # ALGO LOGIC: A_bar needs grad, so MixedEdge computes every op on every edge (dL/dA_bar needs all op outputs)
+    # ALGO LOGIC: A_bar needs grad: every op on every edge is computed (dL/dA_bar needs all op outputs); with
+    # NaspEdge the graph (and the backward pass) runs only through the selected op of each kept edge
     abar = {g: a.requires_grad_(True) for g, a in discretize(A, node_slices, keep).items()}
     logits = model(x, abar)
     loss = F.cross_entropy(logits, y)
@@ -242,7 +268,7 @@ def main(argv=None) -> dict:
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes).to(device)
+    model = space.supernet(args.C, args.layers, info.num_classes, edge=NaspEdge).to(device)
     A = init_arch(space, device)
     rel_size = size_weights(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)

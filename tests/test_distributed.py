@@ -177,13 +177,13 @@ def test_torchrun_two_processes_are_one_search(tiny_npz, tmp_path, monkeypatch):
     assert [m["epoch"] for m in metrics] == [1, 2]
 
 
-@pytest.mark.parametrize("algo", ["gaea_gdas", "nasp", "asng"])
-def test_single_path_methods_refuse_torchrun(algo, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algo,extra", [("gaea_gdas", []), ("nasp", []), ("asng", []), ("darts", ["--unrolled"])])
+def test_single_path_methods_and_unrolled_darts_refuse_torchrun(algo, extra, tmp_path, monkeypatch):
     module = __import__(algo)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(data.DistributedError, match="not under torchrun"):
-        module.main(["--dataset", "synthetic", "--device", "cpu", "--out-dir", str(tmp_path / "runs")])
+    with pytest.raises(data.DistributedError, match="under torchrun"):
+        module.main(["--dataset", "synthetic", "--device", "cpu", "--out-dir", str(tmp_path / "runs"), *extra])
     assert not (tmp_path / "runs").exists()
 
 

@@ -206,8 +206,9 @@ def test_nb201_smoke_without_none_with_oracle_table_and_deterministic(tmp_path, 
 def test_diff_against_darts_stays_small():
     old = (ROOT / "algos" / "darts.py").read_text().splitlines()
     new = (ROOT / "algos" / "gaea_darts_erm.py").read_text().splitlines()
-    ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()  # = `diff | grep -c '^[<>]'` here
-    changed = sum((i2 - i1) + (j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
-    assert changed <= 90, f"{changed} changed lines vs darts.py"
+    ops = difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()  # = `diff | grep -c '^>'` here
+    # the lines GAEA writes anew (darts.py's own extras, e.g. second order, are lines GAEA drops, not counted)
+    added = sum(j2 - j1 for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    assert added <= 55, f"{added} lines of gaea_darts_erm.py differ from darts.py"
     assert len(new) < 400
     assert "import darts" not in "\n".join(new)
