@@ -24,6 +24,7 @@ Conventions (NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `util
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import gzip
@@ -45,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
@@ -67,6 +70,7 @@ class DataInfo:
     mean: tuple  # per channel, [0, 1] units
     std: tuple
     crop_pad: int  # 4 for 32 px data, 2 for 16 px ImageNet16
+    loader_augments: bool = False  # ImageFolder data: crop and flip happen in the loader, Augment only normalises
 
 
 def _info(name: str, num_classes: int, image_size: int, mean255, std255) -> DataInfo:
@@ -254,31 +258,42 @@ class SeededSampler(torch.utils.data.Sampler):
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                sampler=None) -> DataLoader:
-    """Batched loader (batch arrives as (x_uint8 NCHW, y int64)); shuffling by a resumable SeededSampler."""
+                sampler=None, rank: int = 0, world: int = 1) -> DataLoader:
+    """Batched loader (batch arrives as (x_uint8 NCHW, y int64)); shuffling by a resumable SeededSampler (this
+    rank's shard of it under torchrun)."""
     if sampler is None and shuffle:
-        sampler = SeededSampler(len(dataset), seed)
+        sampler = SeededSampler(len(dataset), seed, rank=rank, world_size=world)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
                       collate_fn=_identity)
 
 
 class Augment:
     """Batch transform on uint8 NCHW tensors (on any device) -> normalised float32 NCHW. train: random crop with
-    zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only."""
+    zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only.
+    `shard=(rank, world)`: the batch is this rank's part of a global batch whose element world*i + rank it holds as
+    element i (the interleaving of `SeededSampler`); the random numbers are drawn for the whole global batch from
+    a generator seeded alike on every rank and this rank's rows kept, so N ranks augment exactly as one process."""
 
-    def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None):
+    def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.train, self.pad, self.cutout, self.generator = train, info.crop_pad, cutout, generator
+        self.spatial, (self.rank, self.world) = train and not info.loader_augments, shard
         self.mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def _randint(self, high: int, size: tuple, device) -> torch.Tensor:  # drawn on CPU so runs are reproducible
-        return torch.randint(0, high, size, generator=self.generator).to(device)
+    def _randint(self, high: int, size: tuple, device, batch_dim: int = 0) -> torch.Tensor:
+        """Drawn on CPU so runs are reproducible; under `shard`, for the global batch, this rank's rows kept."""
+        if self.world == 1:
+            return torch.randint(0, high, size, generator=self.generator).to(device)
+        full = tuple(n * self.world if d == batch_dim else n for d, n in enumerate(size))
+        draw = torch.randint(0, high, full, generator=self.generator)
+        return draw[(slice(None),) * batch_dim + (slice(self.rank, None, self.world),)].to(device)
 
     def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         p = self.pad  # 0: flip only
         padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # N, H+2p, W+2p, C
-        off = self._randint(2 * p + 1, (2, n), x.device)
+        off = self._randint(2 * p + 1, (2, n), x.device, batch_dim=1)
         flip = self._randint(2, (n,), x.device).bool()
         ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         rows = off[0, :, None] + ar_h
@@ -297,7 +312,7 @@ class Augment:
         return x.masked_fill(hole[:, None], 0.0)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = self._crop_flip(x_uint8) if self.train else x_uint8
+        x = self._crop_flip(x_uint8) if self.spatial else x_uint8
         x = (x.to(torch.float32) / 255 - self.mean.to(x.device)) / self.std.to(x.device)
         return self._cutout(x) if self.train and self.cutout > 0 else x
 
@@ -416,9 +431,11 @@ class PairedBatches:
 def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, seed: int,
                    train_portion: float = 0.5, split_file: str | None = None, train_subset: int = 0,
                    synthetic_size: tuple = (2048, 512), image_size: int = 32,
-                   arch_batch_size: int | None = None) -> tuple[PairedBatches, DataLoader, DataInfo]:
+                   arch_batch_size: int | None = None, rank: int = 0,
+                   world: int = 1) -> tuple[PairedBatches, DataLoader, DataInfo]:
     """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo. A split file with
-    xvalid/xtest keys selects NB201's direct-search protocol (see the module docstring)."""
+    xvalid/xtest keys selects NB201's direct-search protocol (see the module docstring). Under torchrun (`world` > 1)
+    batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
     arrays, info = load_arrays(dataset, data_dir, synthetic_size=synthetic_size, image_size=image_size)
     x, y = arrays["x_train"], arrays["y_train"]
     x_test, y_test = arrays["x_test"], arrays["y_test"]
@@ -433,8 +450,9 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
         w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
         weight_ds = ArrayDataset(x[w_idx], y[w_idx])
         arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
-    weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed)
-    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1)
+    weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
+    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank,
+                              world=world)
     test_loader = make_loader(ArrayDataset(x_test, y_test), batch_size, shuffle=False, seed=seed)
     return PairedBatches(weight_loader, arch_loader), test_loader, info
 
@@ -618,7 +636,10 @@ def set_rng_state(state: dict) -> None:
 
 def capture(state):
     """A copy of `state` that torch.save can write: modules, optimizers, schedulers and samplers by their
-    state_dict(), generators by their state, tensors cloned to the CPU, dicts recursively, anything else as it is."""
+    state_dict(), generators by their state, tensors cloned to the CPU, dicts recursively, anything else as it is.
+    A DistributedDataParallel model is saved as the model it wraps (the same checkpoint keys as in one process)."""
+    if isinstance(state, nn.parallel.DistributedDataParallel):
+        state = state.module
     if hasattr(state, "state_dict"):
         return state.state_dict()
     if isinstance(state, torch.Generator):
@@ -636,6 +657,7 @@ def restore(state: dict, saved: dict) -> None:
     if set(state) != set(saved):
         raise ResumeError(f"the checkpoint holds {sorted(saved)}, this run needs {sorted(state)}")
     for k, v in state.items():
+        v = v.module if isinstance(v, nn.parallel.DistributedDataParallel) else v
         if hasattr(v, "load_state_dict"):
             v.load_state_dict(saved[k])
         elif isinstance(v, torch.Generator):
@@ -711,13 +733,17 @@ class SearchRun(RunLogger):
 
     Use: build every object, then `state = {...}` (what the next epoch depends on), `for epoch in
     range(run.restore(state), epochs + 1)`, iterate `run.steps(batches, epoch, sums)`, end each epoch with
-    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`."""
+    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`.
+    Under torchrun (after `init_distributed`) every rank restores the same checkpoint and checks that its
+    architecture equals every other rank's at each epoch end; rank 0 alone writes and prints; `finish` leaves the
+    process group."""
 
     def __init__(self, args, default_name: str, argv=None):
         self.args, self.epochs = args, args.epochs
-        self.settings = dict(vars(args))
+        self.settings = {**vars(args), "world_size": world_size()}  # a run resumes on as many processes
+        self.main = is_main()
         name = args.run_name or default_name
-        self.tb = summary_writer_class() if args.tensorboard else None  # fails here, before anything is written
+        self.tb = summary_writer_class() if args.tensorboard and self.main else None  # fails before anything is written
         self.writer = None
         self.created, self.argv = False, list(sys.argv[1:] if argv is None else argv)
         set_deterministic(args.deterministic)
@@ -725,6 +751,8 @@ class SearchRun(RunLogger):
             self.path, self.start = Path(args.out_dir) / name, time.time()
             self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
             check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
+        elif not self.main:  # the other ranks write nothing
+            self.path, self.start, self._ckpt = Path(args.out_dir) / name, time.time(), None
         else:
             super().__init__(args.out_dir, name, self.settings)
             self.created, self._ckpt = True, None
@@ -745,10 +773,10 @@ class SearchRun(RunLogger):
         set_rng_state(ckpt["rng"])
         self.history, self.global_step = ckpt["history"], ckpt["global_step"]
         self.start = time.time() - ckpt["elapsed"]
-        # metrics.jsonl ends with the checkpoint's epoch: lines of an epoch that did not finish are dropped
-        self.write_text("metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in self.history))
+        if self.main:  # metrics.jsonl ends with the checkpoint's epoch: lines of an unfinished epoch are dropped
+            self.write_text("metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in self.history))
+            print(f"resuming {self.path} after epoch {ckpt['epoch']}/{self.epochs}", flush=True)
         self._open_tb()
-        print(f"resuming {self.path} after epoch {ckpt['epoch']}/{self.epochs}", flush=True)
         return ckpt["epoch"] + 1
 
     def resume_command(self) -> str:
@@ -769,6 +797,8 @@ class SearchRun(RunLogger):
     def _interrupt(self, signum, frame):
         signal.signal(signal.SIGINT, self._previous_sigint)
         discarded = self._discard_if_nothing_saved()
+        if not self.main:  # rank 0 says it
+            raise SystemExit(130)
         if discarded:
             print(f"\ninterrupted before the first epoch finished; {discarded}", file=sys.stderr, flush=True)
         else:
@@ -804,7 +834,7 @@ class SearchRun(RunLogger):
                 for k, v in sums.items():
                     if "loss" in k:
                         self.writer.add_scalar(f"step/{k}", v / i, self.global_step)
-            if tty or i % every == 0 or i == n:
+            if self.main and (tty or i % every == 0 or i == n):
                 rate = i / max(time.time() - t0, 1e-9)
                 eta_epoch = (n - i) / rate
                 eta_run = eta_epoch + (self.epochs - epoch) * n / rate
@@ -819,8 +849,12 @@ class SearchRun(RunLogger):
 
     # -- end of an epoch / the search
     def end_epoch(self, state: dict, metrics: dict, arch_weights: dict | None = None) -> None:
-        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line."""
-        metrics = _finite_or_none(metrics)
+        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line. Under torchrun:
+        raises unless `arch_weights` are the same on every rank; float metrics are averaged over the ranks."""
+        check_same_across_ranks(list((arch_weights or {}).values()), "the architecture")
+        metrics = _finite_or_none(mean_over_ranks(metrics))
+        if not self.main:
+            return
         self.history.append(metrics)
         epoch = metrics["epoch"]
         save_checkpoint(self.path / CHECKPOINT, {
@@ -842,6 +876,9 @@ class SearchRun(RunLogger):
         self.progress(epoch, self.epochs, metrics, tuple(keys))
 
     def finish(self, result: dict, genotype, dot: str) -> dict:
+        barrier_and_destroy()  # torchrun: the ranks leave together; only rank 0 goes on to write
+        if not self.main:
+            return result
         self.write_json("genotype.json", _finite_or_none(result))
         self.write_text("cell.dot", dot)
         if self.writer is not None:
@@ -853,3 +890,239 @@ class SearchRun(RunLogger):
 
     def _open_tb(self) -> None:
         self.writer = self.tb(str(self.path / "tb")) if self.tb is not None else None
+
+
+# ------------------------------------------------------------------------------------------ distributed
+class DistributedError(DataError):
+    """torchrun is not supported by a script, or ranks that must agree do not (a DataError: every script's error
+    handler prints it as one line)."""
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True in the process that prints and writes runs/<run>/ (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
+    the ranks use GPUs (device `auto` with CUDA present, or `cuda...`: rank r gets cuda:LOCAL_RANK), else gloo on CPU.
+    One process: (0, 1, the device asked for; `auto` = cuda if available)."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not under_torchrun():
+        return 0, 1, torch.device(("cuda" if want_cuda else "cpu") if device == "auto" else device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if want_cuda else "cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    return dist.get_rank(), dist.get_world_size(), dev
+
+
+def barrier_and_destroy() -> None:
+    """Leave the process group together: a rank that exits while its peer still talks aborts the peer's gloo
+    thread. Call it at the end of a successful run (torchrun stops all ranks when one fails)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def refuse_torchrun(reason: str) -> None:
+    """For scripts that cannot run as one search over several processes: under torchrun, rank 0 raises
+    DistributedError(reason) (one line) and the other ranks exit with status 1 without a word."""
+    if under_torchrun():
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(1)
+        raise DistributedError(reason)
+
+
+def per_rank_batch(batch_size: int, world: int) -> int:
+    """--batch-size is the global batch: each of `world` ranks gets batch_size / world."""
+    if batch_size % world:
+        raise DistributedError(f"--batch-size {batch_size} (the global batch) does not split over {world} processes")
+    return batch_size // world
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel around `model` under torchrun (its weight gradients are averaged over the ranks in
+    every backward outside `local_grads`); the model itself in one process."""
+    if world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def local_grads(model: nn.Module):
+    """Context: a backward inside it leaves the weight gradients local (DDP's no_sync). For the architecture step,
+    whose weight gradients are thrown away: it saves an all-reduce of every weight gradient."""
+    return model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+
+def all_reduce_mean_(tensors) -> None:
+    """Average tensors (same dtype and device) in place over the ranks, in one all-reduce; no-op in one process."""
+    tensors = [t for t in tensors if t is not None]
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def average_grads_before_step(optimizer: torch.optim.Optimizer) -> None:
+    """Under torchrun: before every step of `optimizer`, average its parameters' gradients over the ranks, so that
+    each rank steps with the global-batch gradient and the parameters stay identical everywhere."""
+    if world_size() > 1:
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: all_reduce_mean_(
+            [p.grad for group in opt.param_groups for p in group["params"]]))
+
+
+def mean_over_ranks(metrics: dict) -> dict:
+    """The float entries of `metrics` averaged over the ranks (per-rank means of equal shards -> global means)."""
+    keys = [k for k, v in metrics.items() if isinstance(v, float)]
+    if world_size() == 1 or not keys:
+        return metrics
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    all_reduce_mean_([t])
+    return {**metrics, **dict(zip(keys, t.tolist()))}
+
+
+def check_same_across_ranks(tensors, what: str) -> None:
+    """Raise DistributedError unless every rank holds the same values. Compares a float64 checksum (sum, position-
+    weighted sum, count of non-finite entries) by one all-reduce of its max and -min; no-op in one process."""
+    tensors = list(tensors)
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    finite = torch.isfinite(flat)
+    x = torch.where(finite, flat, torch.zeros_like(flat))
+    pos = torch.arange(1, len(x) + 1, dtype=torch.float64, device=x.device)
+    s = torch.stack([x.sum(), (x * pos).sum(), (~finite).sum().double()])
+    both = torch.cat([s, -s])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    spread = (both[:3] + both[3:]).abs().max().item()  # max - min per checksum entry
+    if spread != 0:
+        raise DistributedError(f"{what} differs across the {world_size()} ranks (checksum spread {spread:.3g}); "
+                               f"the ranks no longer run one search")
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, epochs: int, lr_min: float = 0.0, warmup_epochs: int = 0):
+    """Per-epoch scheduler (step it once per epoch): cosine from the optimizer's lr to lr_min over `epochs` (the
+    closed form of CosineAnnealingLR), except that the first `warmup_epochs` epochs (0-based e < W) run at
+    lr x (e + 1) / W (PC-DARTS' ImageNet search warms up this way for batches > 256)."""
+    base = opt.param_groups[0]["lr"]
+
+    def factor(e: int) -> float:
+        if e < warmup_epochs:
+            return (e + 1) / warmup_epochs
+        return (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * e / epochs))) / base
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# ------------------------------------------------------------------------------------------ ImageNet search
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SUBSET_SEED = 0  # the per-class subsets do not change with a search's --seed
+
+
+def per_class_subsets(targets, fractions=(0.1, 0.025), seed: int = IMAGENET_SUBSET_SEED) -> tuple[np.ndarray, ...]:
+    """Disjoint per-class random subsets of a labelled set (PC-DARTS' ImageNet search: 10% of every class for the
+    weights, 2.5% for the architecture). For each class in label order, the class's indices are permuted by one
+    numpy Generator(seed) and cut into the first max(1, round(f0 * n_c)), the next max(1, round(f1 * n_c)), ...
+    Returns sorted int64 index arrays, one per fraction."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if not fractions or any(f <= 0 for f in fractions) or sum(fractions) > 1:
+        raise DataError(f"subset fractions {tuple(fractions)} must be > 0 and sum to at most 1")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(targets, kind="stable")
+    classes, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
+    out = [[] for _ in fractions]
+    for c, start, n in zip(classes, starts, counts):
+        sizes = [max(1, int(round(f * n))) for f in fractions]
+        if sum(sizes) > n:
+            raise DataError(f"class {c} has {n} images, too few for one image in each of {len(fractions)} subsets")
+        perm = rng.permutation(order[start:start + n])
+        cuts = np.cumsum([0, *sizes])
+        for k in range(len(fractions)):
+            out[k].append(perm[cuts[k]:cuts[k + 1]])
+    return tuple(np.sort(np.concatenate(parts)) for parts in out)
+
+
+def read_subset_file(path, samples: list, root) -> np.ndarray:
+    """Indices of the images listed in a text file, one path per line relative to the ImageFolder root (e.g.
+    `n01440764/n01440764_10026.JPEG`), into `samples` (ImageFolder.samples)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except FileNotFoundError as e:
+        raise DataError(f"subset file not found: {path}") from e
+    where = {Path(p).relative_to(root).as_posix(): i for i, (p, _) in enumerate(samples)}
+    missing = [ln for ln in lines if ln not in where]
+    if missing or not lines:
+        raise DataError(f"{path}: {len(missing)} of {len(lines)} listed images are not in {root} (first: "
+                        f"{missing[0] if missing else 'the file is empty'})")
+    return np.asarray(sorted(where[ln] for ln in lines), dtype=np.int64)
+
+
+class FolderImages(Dataset):
+    """Some images of an ImageFolder (`samples`: (path, label) pairs) through a transform; picklable for workers."""
+
+    def __init__(self, samples: list, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.datasets.folder import default_loader  # torchvision: only the ImageFolder path needs it
+        path, label = self.samples[i]
+        return self.transform(default_loader(path)), label
+
+
+def imagenet_search_loaders(data_dir: str, batch_size: int, seed: int, workers: int = 8, rank: int = 0,
+                            world: int = 1, fractions=(0.1, 0.025), subset_files=None, image_size: int = 224,
+                            pin_memory: bool = False) -> tuple[PairedBatches, DataLoader, DataInfo]:
+    """PC-DARTS' ImageNet search data, same return shape as `search_loaders`: paired (weight, arch) batches from two
+    disjoint per-class subsets of DATA_DIR/train (an ImageFolder; `per_class_subsets`, or two `subset_files`), each
+    with RandomResizedCrop(image_size) + horizontal flip, served as uint8 NCHW by `workers` processes per loader
+    (Augment normalises them on the device); batch_size is per rank; and a loader over the architecture subset with
+    Resize(256/224 x size) + CenterCrop(size) for the supernet's final evaluation."""
+    from torchvision import datasets, transforms  # only the ImageFolder path needs it
+
+    root = Path(data_dir) / "train"
+    if not root.is_dir():
+        raise DataError(f"--dataset imagenet needs an ImageFolder directory {root} (one sub-directory per class)")
+    folder = datasets.ImageFolder(root)
+    if subset_files is not None:
+        w_idx, a_idx = (read_subset_file(f, folder.samples, root) for f in subset_files)
+        if np.intersect1d(w_idx, a_idx).size:
+            raise DataError(f"subset files {subset_files[0]} and {subset_files[1]} share images")
+    else:
+        w_idx, a_idx = per_class_subsets(folder.targets, fractions)
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+                                   transforms.PILToTensor()])
+    eval_tf = transforms.Compose([transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+                                  transforms.PILToTensor()])
+    pick = lambda idx: [folder.samples[i] for i in idx]  # noqa: E731
+
+    def loader(ds, sampler, stream):  # workers of each rank and loader get their own seeds for the random crops
+        return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 1000 * stream))
+
+    weights = loader(FolderImages(pick(w_idx), train_tf), SeededSampler(len(w_idx), seed, rank=rank, world_size=world), 2 * rank)
+    arch = loader(FolderImages(pick(a_idx), train_tf), SeededSampler(len(a_idx), seed + 1, rank=rank, world_size=world), 2 * rank + 1)
+    test = loader(FolderImages(pick(a_idx), eval_tf), None, 2 * world)
+    info = DataInfo("imagenet", len(folder.classes), image_size, IMAGENET_MEAN, IMAGENET_STD, 0, loader_augments=True)
+    return PairedBatches(weights, arch), test, info

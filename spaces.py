@@ -298,16 +298,28 @@ class DartsSearchCell(nn.Module):
 class DartsSupernet(nn.Module):
     """DARTS search network: stem (3C) -> `layers` cells, reductions at layers//3 and 2*layers//3 -> GAP -> linear.
     forward(x, arch, edge_weights=None): arch = {"normal": specs[14], "reduce": specs[14]}, optional
-    edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation)."""
+    edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation).
+    stem "cifar": 3x3 conv + BN at full resolution (s0 = s1). stem "imagenet" (PC-DARTS model_search_imagenet.py):
+    stem0 = 3x3 stride-2 conv to 3C/2, BN, ReLU, 3x3 stride-2 conv to 3C, BN; stem1 = ReLU, 3x3 stride-2 conv, BN;
+    s0 = stem0(x) (1/4 resolution), s1 = stem1(s0) (1/8: 224 px -> 28), so the first cell reduces s0 (reduction_prev)."""
 
     def __init__(self, C=16, layers=8, num_classes=10, ops_normal=DARTS_OPS, ops_reduce=None,
-                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3):
+                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3, stem="cifar"):
         super().__init__()
         ops_reduce = ops_normal if ops_reduce is None else ops_reduce
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        if stem == "imagenet":
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(3, C_curr // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr // 2), nn.ReLU(),
+                nn.Conv2d(C_curr // 2, C_curr, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+            self.stem1 = nn.Sequential(nn.ReLU(), nn.Conv2d(C_curr, C_curr, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(C_curr))
+        elif stem == "cifar":
+            self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        else:
+            raise SpaceError(f"DARTS supernet stem must be 'cifar' or 'imagenet', got {stem!r}")
         C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells, reduction_prev = nn.ModuleList(), False
+        self.cells, reduction_prev = nn.ModuleList(), stem == "imagenet"
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr = C_curr * 2 if reduction else C_curr
@@ -319,7 +331,11 @@ class DartsSupernet(nn.Module):
 
     def forward(self, x, arch, edge_weights=None):
         specs = {ct: _host_rows(a) for ct, a in arch.items()}
-        s0 = s1 = self.stem(x)
+        if hasattr(self, "stem0"):
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
         for cell in self.cells:
             ct = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, specs[ct], None if edge_weights is None else edge_weights[ct])
@@ -741,8 +757,10 @@ class DartsSpace:
     def arch_shapes(self) -> dict:
         return {ct: (self.n_edges, len(ops)) for ct, ops in self.ops.items()}
 
-    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> DartsSupernet:
-        return DartsSupernet(C, layers or self.default_layers, num_classes, self.ops["normal"], self.ops["reduce"], edge)
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge, stem="cifar") -> DartsSupernet:
+        """stem "imagenet": the PC-DARTS ImageNet search network's three stride-2 convolutions (DartsSupernet)."""
+        return DartsSupernet(C, layers or self.default_layers, num_classes, self.ops["normal"], self.ops["reduce"], edge,
+                             stem=stem)
 
     def derive(self, weights: dict) -> DartsGenotype:
         concat = tuple(range(2, 2 + self.steps))

@@ -47,7 +47,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -425,19 +424,6 @@ def genotype_tag(text: str, genotype) -> str:
     return f"{genotype.space}_" + hashlib.sha1(json.dumps(genotype.to_json(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def setup_distributed(args):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    if world > 1:
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-        rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local}" if want_cuda else "cpu")
-        if want_cuda:
-            torch.cuda.set_device(device)
-        return rank, world, device
-    return 0, 1, torch.device(("cuda" if want_cuda else "cpu") if args.device == "auto" else args.device)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     ckpt = None
@@ -447,21 +433,15 @@ def main(argv=None) -> dict:
     else:
         genotype = read_genotype(args.genotype)
     args = resolve(args, genotype)
-    rank, world, device = setup_distributed(args)
-    try:
-        result = run(args, genotype, ckpt, rank, world, device)
-        if world > 1:  # leave together: a rank exiting while its peer still talks aborts the peer's gloo thread
-            dist.barrier()
-        return result
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    rank, world, device = data.init_distributed(args.device)
+    result = run(args, genotype, ckpt, rank, world, device)
+    data.barrier_and_destroy()
+    return result
 
 
 def run(args, genotype, ckpt, rank, world, device) -> dict:
     # everything that can fail on bad input happens before the run directory exists
-    if args.batch_size % world:
-        raise spaces.SpaceError(f"--batch-size {args.batch_size} does not split over {world} ranks")
+    data.per_rank_batch(args.batch_size, world)  # raises unless the global batch splits over the ranks
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -476,7 +456,7 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
     opt = make_optimizer(args, net.parameters())
     steps = len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, args))
-    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    model = data.wrap_ddp(net, device)
     train_prep, test_prep = (preps[0], preps[1]) if preps else (lambda x: x, lambda x: x)
     torch.manual_seed(args.seed + 1000 * rank)  # per-rank stream for drop path (and ImageFolder workers)
     if device.type == "cuda":

@@ -19,6 +19,8 @@ NAS-Bench-201's DARTS-V1 baseline, with the benchmark's accuracy of the derived 
     python algos/darts.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 # DEVIATION: on nb201 we keep DARTS' own settings (momentum SGD, wd 3e-4, cosine per epoch, architecture step
 # first); NB201's DARTS-V1 run used nesterov, wd 5e-4, a per-step cosine and the weight step first.
+One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
+    torchrun --nproc_per_node 8 algos/darts.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/darts.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -52,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=50, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
@@ -214,20 +216,24 @@ def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.unrolled:  # its virtual weight step would use each rank's own batch
+        data.refuse_torchrun("--unrolled (second order) does not run under torchrun: run it as one process")
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
     paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+        args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=not args.single_level,
+        seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
+        rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes).to(device)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     arch_opt = torch.optim.Adam(alphas.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
+    data.average_grads_before_step(arch_opt)  # torchrun: the global batch's gradient on every rank
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
     run = data.SearchRun(args, f"darts{'2' if args.unrolled else ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
@@ -240,10 +246,11 @@ def main(argv=None) -> dict:
             xa, ya = augment(xa.to(device)), ya.to(device)
             # ALGO LOGIC: architecture step first, then weight step (DARTS' order); second order: xi = the weights'
             # current learning rate (the official code passes its scheduler's lr)
-            if args.unrolled:
-                arch_loss, arch_acc = unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, opt.param_groups[0]["lr"])
-            else:
-                arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
+            with data.local_grads(model):  # torchrun: the weight gradients of this step are not needed
+                if args.unrolled:
+                    arch_loss, arch_acc = unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, opt.param_groups[0]["lr"])
+                else:
+                    arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
             train_loss, train_acc = weight_step(model, alphas, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v

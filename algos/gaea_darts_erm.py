@@ -11,6 +11,8 @@ Reproduce the paper's NB201 search (ERM, CIFAR-10, 25 epochs), with the benchmar
     python algos/gaea_darts_erm.py --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 The "GAEA DARTS (bilevel)" row: add --bilevel --split-file ../shared/data/nb201/splits/cifar-split.txt.gz
 (DEVIATION: the last epoch's genotype is returned; the release's bilevel run returns the best-validation epoch's.)
+One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
+    torchrun --nproc_per_node 8 algos/gaea_darts_erm.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/gaea_darts_erm.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -42,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=25, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
     # DEVIATION: the release's NB201 config has C=24 and a 50-epoch cosine period (lr ends at ~0.0138); here C=16, 25.
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
@@ -150,21 +152,23 @@ def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     # ALGO LOGIC: NB201 without `none`, as in the paper (the DARTS space keeps it, as GAEA PC-DARTS does)
     space = spaces.get_space(args.space, ops=[o for o in spaces.NB201_OPS if o != "none"] if args.space == "nb201" else None)
     paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=args.bilevel, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+        args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=args.bilevel,
+        seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
+        rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes).to(device)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     arch_opt = ExponentiatedGradient(alphas.values(), args.arch_lr)  # ALGO LOGIC: EG replaces Adam
+    data.average_grads_before_step(arch_opt)  # torchrun: the global batch's gradient on every rank
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
     mode = "bilevel" if args.bilevel else "erm"
     run = data.SearchRun(args, f"gaea_darts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
@@ -177,7 +181,8 @@ def main(argv=None) -> dict:
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
             # ALGO LOGIC: architecture step first, then weight step (GAEA keeps DARTS' order; no warm-up)
-            arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
+            with data.local_grads(model):  # torchrun: the weight gradients of this step are not needed
+                arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
             train_loss, train_acc = weight_step(model, alphas, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v

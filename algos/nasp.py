@@ -277,6 +277,8 @@ def derive_genotype(space, A):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    data.refuse_torchrun("nasp.py trains only the selected child each step and has no multi-process search: run it as one "
+                         "process, not under torchrun")
     torch.manual_seed(args.seed)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     # everything that can fail on bad input happens before the run directory exists

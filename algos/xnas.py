@@ -45,6 +45,8 @@ direct search on CIFAR-100 (weights on the train set, architecture on the test s
     python algos/xnas.py --space nb201 --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz
 NAS-Bench-1Shot1 search space 2 (NB101 spec for train_eval.py --genotype):
     python algos/xnas.py --space nb1shot1-2
+One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
+    torchrun --nproc_per_node 8 algos/xnas.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/xnas.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -76,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=50, help="search epochs (also sets T, hence eta and the wipeout margin)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch of both steps, split over torchrun's processes (64; nb1shot1: 96)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
@@ -206,8 +208,9 @@ def arch_step(model, log_w, x, y, cells, etas, L, rounds_left, keep=None) -> tup
     """Expert losses on the architecture batch at the current weights, clipped per sample, averaged over the batch,
     summed over the cells (rounds) of each group; then the XNAS update and wipeout of every group (in place)."""
     grads, loss, acc = per_sample_expert_losses(model, log_w, cells, x, y)
-    for g, G in grads.items():
-        step_loss = clip_expert_losses(G, L).mean(dim=1).sum(dim=0)  # (E, K)
+    step_losses = {g: clip_expert_losses(G, L).mean(dim=1).sum(dim=0) for g, G in grads.items()}  # (E, K) each
+    data.all_reduce_mean_(list(step_losses.values()))  # torchrun: the mean over the global batch (equal shards)
+    for g, step_loss in step_losses.items():
         log_w[g], _ = xnas_update(log_w[g], step_loss, etas[g], L, None if rounds_left is None else rounds_left[g],
                                   (keep or {}).get(g, 1))
     return loss, acc
@@ -243,14 +246,16 @@ def jsonable_log_weights(log_w) -> dict[str, list]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
     paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+        args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=not args.single_level,
+        seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
+        rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes, edge=XnasEdge).to(device)
+    # torchrun: wiped-out ops are never computed, so DDP must expect parameters without gradient
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, edge=XnasEdge).to(device), device, True)
     keep = space.parents() if isinstance(space, spaces.NB1Shot1Space) else {}  # 1Shot1: inputs each row keeps
     cells = assign_cell_ranks(model, space.arch_shapes() if keep else ())
     if missing := [g for g in space.arch_shapes() if cells.get(g, 0) == 0]:
@@ -262,7 +267,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
     run = data.SearchRun(args, f"xnas_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
@@ -278,7 +283,8 @@ def main(argv=None) -> dict:
             t += 1
             rounds_left = None if args.no_wipeout else {g: cells[g] * (steps - t) for g in log_w}
             # ALGO LOGIC: architecture step first, then weight step (DARTS' order)
-            arch_loss, arch_acc = arch_step(model, log_w, xa, ya, cells, etas, L, rounds_left, keep)
+            with data.local_grads(model):  # torchrun: no weight gradients in this step
+                arch_loss, arch_acc = arch_step(model, log_w, xa, ya, cells, etas, L, rounds_left, keep)
             train_loss, train_acc = weight_step(model, log_w, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v
