@@ -326,11 +326,12 @@ def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tu
 
 def _load_npz(path: str) -> tuple[dict, DataInfo]:
     if not Path(path).is_file():
-        raise DataError(f"npz file not found: {path}")
+        raise DataError(f"npz file not found: {path}" + (" is a directory" if Path(path).is_dir() else ""))
     try:
-        with np.load(path) as d:
-            if not isinstance(d, np.lib.npyio.NpzFile):
-                raise DataError(f"{path} is a single .npy array, not an .npz with x_train, y_train, x_test, y_test")
+        d = np.load(path)
+        if not isinstance(d, np.lib.npyio.NpzFile):  # a .npy array saved under an .npz name
+            raise DataError(f"{path} is a single .npy array, not an .npz with x_train, y_train, x_test, y_test")
+        with d:
             fine = "y_train" not in d.files and "y_train_fine" in d.files
             suffix = "_fine" if fine else ""
             keys = ("x_train", f"y_train{suffix}", "x_test", f"y_test{suffix}")
@@ -340,9 +341,7 @@ def _load_npz(path: str) -> tuple[dict, DataInfo]:
             arrays = {k.replace("_fine", ""): d[k] for k in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         raise DataError(f"{path} is not a readable .npz of numeric arrays ({type(err).__name__}: "
-                        f"{' '.join(str(err).split())})") from err
-    except AttributeError as err:  # np.load returned a plain array (a .npy file): no context manager
-        raise DataError(f"{path} is a single .npy array, not an .npz with x_train, y_train, x_test, y_test") from err
+                        f"{' '.join(str(err).split())[:120]})") from err
     arrays, num_classes = check_arrays(arrays, path, 100 if fine else None)
     fname, channels = Path(path).name.lower(), arrays["x_train"].shape[-1]
     if "cifar100" in fname and channels == 3:
@@ -453,7 +452,10 @@ class Augment:
         rows = off[0, :, None] + ar_h
         cols = off[1, :, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
         batch = torch.arange(n, device=x.device)[:, None, None]
-        return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        # a plain NCHW copy: the channels-last view (also with 1 channel, where .contiguous() keeps its strides) made
+        # CPU conv backward corrupt memory at 64 px (torch 2.x, FactorizedReduce's strided 1x1 convs)
+        out = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return out.clone(memory_format=torch.contiguous_format)
 
     def _cutout(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape

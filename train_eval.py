@@ -52,6 +52,7 @@ import pickle
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -373,7 +374,9 @@ def load_checkpoint(run_dir: str) -> dict:
     if not path.is_file():
         raise ResumeError(f"no checkpoint to resume at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle also warns about its protocol: keep the error one line
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:  # torn / foreign file
         raise ResumeError(f"{path} is not a train_eval.py checkpoint ({type(err).__name__}: "
                           f"{' '.join(str(err).split())[:200]})") from err
