@@ -114,10 +114,6 @@ def nonneg_float(text: str) -> float:
     return _parse_number(text, float, lambda v: v >= 0, "a finite number >= 0")
 
 
-def finite_float(text: str) -> float:
-    return _parse_number(text, float, lambda v: True, "a finite number")
-
-
 def unit_interval(text: str) -> float:
     """Open (0, 1), e.g. --train-portion (both sides of the split non-empty)."""
     return _parse_number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
@@ -144,7 +140,7 @@ def out_dir(text: str) -> str:
                 raise argparse.ArgumentTypeError(f"{text!r}: {parent} is a file, not a directory")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise argparse.ArgumentTypeError(f"{text!r}: {parent} is not writable")
-            return text
+            break
     return text
 
 
@@ -189,7 +185,8 @@ def check_search_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
                      f"and 2*layers//3, so fewer leave no normal cell to search)")
     bilevel = args.bilevel if hasattr(args, "bilevel") else not args.single_level
     if not bilevel and (args.split_file or args.train_portion != 0.5):
-        parser.error("--split-file / --train-portion choose the bilevel split; single-level search does not use them")
+        how = "need --bilevel" if hasattr(args, "bilevel") else "do nothing with --single-level"
+        parser.error(f"--split-file / --train-portion choose the bilevel split: they {how}")
 
 
 # ----------------------------------------------------------------------------------------------- arrays

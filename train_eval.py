@@ -1,8 +1,9 @@
 """train_eval.py -- train a searched architecture from scratch: the last stage of every paper's pipeline.
 
-It reads what any algos/*.py writes (`--genotype runs/<run>/genotype.json`), a published genotype by name
-(`--genotype DARTS_V2`), an NB201 arch string, or an NB101 spec as JSON ({"matrix": [[...]], "ops": [...]}, e.g. the
-NAS-Bench-1Shot1 cells that algos/*.py derive), and picks the protocol from the kind of genotype and the dataset.
+It reads what any algos/*.py writes (`--genotype runs/<run>/genotype.json`, or just `runs/<run>`), a published
+genotype by name (`--genotype DARTS_V2`), an NB201 arch string, or an NB101 spec as JSON ({"matrix": [[...]], "ops":
+[...]}, e.g. the NAS-Bench-1Shot1 cells that algos/*.py derive), and picks the protocol from the kind of genotype and
+the dataset. Any image size of >= 8 px works (the DARTS auxiliary head pools to 2x2 whatever its input, see spaces.py).
 
 Protocols (defaults = the papers'; every default can be overridden by its flag):
   darts-cifar     DARTS evaluation network (NetworkCIFAR), C=36, 20 cells, auxiliary head weight 0.4, drop path 0.3
@@ -98,7 +99,7 @@ class ResumeError(RuntimeError):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a searched architecture from scratch (defaults: the protocol "
                                             "of the genotype's paper, see the file header).")
-    p.add_argument("--genotype", default=None, help="genotype.json path, published name (DARTS_V2, PC_DARTS, NASP, "
+    p.add_argument("--genotype", default=None, help="genotype.json path (or the search run's directory), published name (DARTS_V2, PC_DARTS, NASP, "
                    "...), NB201 arch string, or JSON (DARTS genotype, NB201 arch, NB101 spec {matrix, ops})")
     p.add_argument("--dataset", default=None, help="cifar10 (default) | cifar100 | imagenet16-120 | synthetic | "
                    "path/to/file.npz | imagenet (ImageFolder at --data-dir with train/ and val/)")
