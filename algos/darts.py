@@ -17,6 +17,7 @@ Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs), first and secon
     python algos/darts.py --unrolled
 NAS-Bench-201's DARTS-V1 baseline, with the benchmark's accuracy of the derived cell each epoch:
     python algos/darts.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+(add --unrolled for its DARTS-V2 row.)
 # DEVIATION: on nb201 we keep DARTS' own settings (momentum SGD, wd 3e-4, cosine per epoch, architecture step
 # first); NB201's DARTS-V1 run used nesterov, wd 5e-4, a per-step cosine and the weight step first.
 One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
