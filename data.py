@@ -13,33 +13,46 @@ Conventions (NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `util
   `data` rows are 3*16*16 channel-major uint8, `labels` are 1-based; ImageNet16-120 keeps labels 1..120
   (target = label - 1): 151,700 train / 6,000 val images.
 - NB201 split files (`configs/nas-benchmark/*.txt`): JSON `{name: ["int", ["0", "5", ...]]}`; `cifar-split.txt`
-  holds train/valid, 25k + 25k indices into the CIFAR-10 training set.
+  holds train/valid, 25k + 25k indices into the CIFAR-10 training set; `cifar100-test-split.txt` and
+  `imagenet-16-120-test-split.txt` hold xvalid/xtest, 5k + 5k (3k + 3k) indices into the test (validation) set.
 - Search data (GAEA `train_utils.py`, DARTS `train_search.py`): single-level (ERM) draws weight and architecture
   batches from the whole training set; bilevel uses the first `train_portion` for weights, the rest for the
-  architecture (or an NB201 split file). Both get train-time augmentation.
+  architecture, or an NB201 split file: train/valid halves of the training set (CIFAR-10), or NB201's direct search
+  on CIFAR-100 / ImageNet16-120 (AutoDL `get_nas_search_loaders`): weights on the whole training set, architecture
+  on the `xvalid` half of the test set, and the supernet's test accuracy on the `xtest` half. All search batches get
+  train-time augmentation (the NB201 loaders give the valid images the train transform too).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
-import itertools
 import gzip
+import itertools
 import json
 import math
 import os
 import pickle
+import random
+import shlex
+import shutil
+import signal
+import sys
 import tempfile
 import time
 import urllib.error
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
 DATASETS = ("cifar10", "cifar100", "imagenet16-120", "synthetic")  # plus any path ending in .npz
 CIFAR10_MEAN, CIFAR10_STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
@@ -61,11 +74,12 @@ class DataInfo:
     std: tuple
     crop_pad: int  # 4 for 32 px data, 2 for 16 px ImageNet16
     channels: int = 3  # input channels of the images: the stem of every network takes this many
+    loader_augments: bool = False  # ImageFolder data: crop and flip happen in the loader, Augment only normalises
 
 
 def _info(name: str, num_classes: int, image_size: int, mean255, std255) -> DataInfo:
     return DataInfo(name, num_classes, image_size, tuple(float(m) / 255 for m in mean255),
-                    tuple(float(s) / 255 for s in std255), max(1, image_size // 8), len(mean255))
+                    tuple(float(s) / 255 for s in std255), max(1, image_size // 8), channels=len(mean255))
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple, tuple]:
@@ -292,8 +306,9 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tuple[dict, int]:
     """Validates and normalises {'x_train','y_train','x_test','y_test'} for every dataset: uint8 NHWC images of one
     square size >= MIN_IMAGE_SIZE (layouts and dtypes as _to_nhwc / _to_uint8 accept), one label each, labels
-    0..K-1. K = num_classes when given, else max(y_train) + 1 with every class present in y_train (a stray label
-    would otherwise build a network with thousands of empty classes). Returns (arrays, K)."""
+    0..K-1. K = num_classes when given, else max(y_train) + 1, and at least half of the classes 0..K-1 must occur in
+    y_train (a subset may miss a few; a stray label would build a network of thousands of empty classes).
+    Returns (arrays, K)."""
     out = {}
     for split in ("train", "test"):
         x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
@@ -310,9 +325,9 @@ def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tu
     present = np.unique(out["y_train"])
     if num_classes is None:
         num_classes = int(present[-1]) + 1
-        if len(present) != num_classes:
+        if 2 * len(present) < num_classes:
             raise DataError(f"{where}: y_train labels go up to {num_classes - 1} but only {len(present)} of the "
-                            f"classes 0..{num_classes - 1} occur; labels must be 0..K-1 with every class present")
+                            f"classes 0..{num_classes - 1} occur; labels must be 0..K-1 with most classes present")
     top = max(int(present[-1]), int(out["y_test"].max()))
     if top >= num_classes:
         raise DataError(f"{where}: label {top} does not exist (y_train has classes 0..{num_classes - 1})")
@@ -418,32 +433,79 @@ def _identity(batch):
     return batch
 
 
+class SeededSampler(torch.utils.data.Sampler):
+    """Shuffled (or ordered) indices from an own generator, resumable mid-pass: `state_dict()` holds the generator
+    state at the start of the current pass and how many indices of it were served, so a restored sampler serves the
+    rest of that very permutation, then continues as the uninterrupted one would. With `world_size` > 1 each rank
+    serves its shard `perm[rank::world_size]` of one permutation shared by all ranks (padded by wrapping around, as
+    DistributedSampler, so every rank has the same number of indices)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.n, self.shuffle, self.rank, self.world = n, shuffle, rank, world_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self._pass_start, self._served, self._skip = None, 0, 0
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world)
+
+    def __iter__(self):
+        self._pass_start, skip, self._skip = self.generator.get_state(), self._skip, 0
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        if self.world > 1:
+            order = torch.cat([order, order[: len(self) * self.world - self.n]])[self.rank::self.world]
+        self._served = skip
+        for i in order[skip:].tolist():
+            self._served += 1
+            yield i
+        self._pass_start = None
+
+    def state_dict(self) -> dict:
+        if self._pass_start is None:  # between passes
+            return {"generator": self.generator.get_state(), "served": 0}
+        return {"generator": self._pass_start, "served": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._pass_start, self._skip = None, int(state["served"])
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int, drop_last: bool = False,
-                sampler=None) -> DataLoader:
-    """Batched loader (batch arrives as (x_uint8 NCHW, y int64)); shuffling from a generator seeded with `seed`."""
+                sampler=None, rank: int = 0, world: int = 1) -> DataLoader:
+    """Batched loader (batch arrives as (x_uint8 NCHW, y int64)); shuffling by a resumable SeededSampler (this
+    rank's shard of it under torchrun)."""
     if sampler is None and shuffle:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+        sampler = SeededSampler(len(dataset), seed, rank=rank, world_size=world)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0,
                       collate_fn=_identity)
 
 
 class Augment:
     """Batch transform on uint8 NCHW tensors (on any device) -> normalised float32 NCHW. train: random crop with
-    zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only."""
+    zero padding `crop_pad` and horizontal flip (one gather), then cutout if `cutout` > 0. Eval: normalise only.
+    `shard=(rank, world)`: the batch is this rank's part of a global batch whose element world*i + rank it holds as
+    element i (the interleaving of `SeededSampler`); the random numbers are drawn for the whole global batch from
+    a generator seeded alike on every rank and this rank's rows kept, so N ranks augment exactly as one process."""
 
-    def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None):
+    def __init__(self, info: DataInfo, train: bool, cutout: int = 0, generator: torch.Generator | None = None,
+                 shard: tuple[int, int] = (0, 1)):
         self.train, self.pad, self.cutout, self.generator = train, info.crop_pad, cutout, generator
+        self.spatial, (self.rank, self.world) = train and not info.loader_augments, shard
         self.mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def _randint(self, high: int, size: tuple, device) -> torch.Tensor:  # drawn on CPU so runs are reproducible
-        return torch.randint(0, high, size, generator=self.generator).to(device)
+    def _randint(self, high: int, size: tuple, device, batch_dim: int = 0) -> torch.Tensor:
+        """Drawn on CPU so runs are reproducible; under `shard`, for the global batch, this rank's rows kept."""
+        if self.world == 1:
+            return torch.randint(0, high, size, generator=self.generator).to(device)
+        full = tuple(n * self.world if d == batch_dim else n for d, n in enumerate(size))
+        draw = torch.randint(0, high, full, generator=self.generator)
+        return draw[(slice(None),) * batch_dim + (slice(self.rank, None, self.world),)].to(device)
 
     def _crop_flip(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         p = self.pad  # 0: flip only
         padded = F.pad(x, (p, p, p, p)).permute(0, 2, 3, 1)  # N, H+2p, W+2p, C
-        off = self._randint(2 * p + 1, (2, n), x.device)
+        off = self._randint(2 * p + 1, (2, n), x.device, batch_dim=1)
         flip = self._randint(2, (n,), x.device).bool()
         ar_h, ar_w = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         rows = off[0, :, None] + ar_h
@@ -465,9 +527,34 @@ class Augment:
         return x.masked_fill(hole[:, None], 0.0)
 
     def __call__(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        x = self._crop_flip(x_uint8) if self.train else x_uint8
+        x = self._crop_flip(x_uint8) if self.spatial else x_uint8
         x = (x.to(torch.float32) / 255 - self.mean.to(x.device)) / self.std.to(x.device)
         return self._cutout(x) if self.train and self.cutout > 0 else x
+
+
+# -------------------------------------------------------------------------------------------- arguments
+def add_common_args(p) -> None:
+    """The flags every search script has and none tunes: data, split, oracle table, seed, device, output."""
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
+    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
+    p.add_argument("--train-portion", type=unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion: cifar-split.txt "
+                   "(CIFAR-10 train/valid halves) or cifar100- / imagenet-16-120-test-split.txt (direct search: weights on "
+                   "the whole training set, architecture on the test set's xvalid half)")
+    p.add_argument("--train-subset", type=nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--seed", type=seed, default=2, help="random seed")
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+
+
+def cli(main) -> None:
+    """Run a search script's main(); bad input ends with one `error: ...` line and a non-zero exit."""
+    import spaces  # imported here: spaces does not depend on data
+    try:
+        main()
+    except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------- search
@@ -490,28 +577,39 @@ def read_split_file(path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not an NB201 split file ({{name: ['int', [indices]]}}): {e}") from e
 
 
+TEST_SPLIT_KEYS = ("xvalid", "xtest")  # NB201's halves of the test (validation) set: direct search on c100 / in16
+
+
+def _check_indices(idx: np.ndarray, n: int, split_file, what: str) -> np.ndarray:
+    if not len(idx):
+        raise DataError(f"{split_file}: a split is empty (each needs indices into the {what})")
+    if (idx.max() >= n or idx.min() < 0):
+        raise DataError(f"{split_file} indexes up to {idx.max()} but the {what} has {n} images (the split file needs "
+                        f"the full dataset; a partial .npz or --train-subset cannot use it)")
+    return idx
+
+
 def search_split(n_train: int, bilevel: bool, train_portion: float = 0.5, split_file: str | None = None,
                  split_keys=("train", "valid")) -> tuple[np.ndarray, np.ndarray]:
-    """Indices for (weight-step data, architecture-step data). Single-level (ERM): both are all indices.
-    Bilevel: NB201's split file when given (indices into the full training set), else the first `train_portion`
-    of the training set for the weights and the rest for the architecture (DARTS)."""
+    """Indices into the training set for (weight-step data, architecture-step data). Single-level (ERM): both are all
+    indices. Bilevel: NB201's train/valid split file when given, else the first `train_portion` of the training set
+    for the weights and the rest for the architecture (DARTS). (xvalid/xtest files: see `test_split`.)"""
     if not bilevel:
         return np.arange(n_train), np.arange(n_train)
     if split_file is not None:
         splits = read_split_file(split_file)
         if any(k not in splits for k in split_keys):
             raise DataError(f"{split_file} has keys {sorted(splits)}, not {list(split_keys)}")
-        w_idx, a_idx = splits[split_keys[0]], splits[split_keys[1]]
-        if min(w_idx.size, a_idx.size) == 0 or min(w_idx.min(), a_idx.min()) < 0:
-            raise DataError(f"{split_file}: split {list(split_keys)} must be non-empty lists of indices >= 0")
-        if max(w_idx.max(), a_idx.max()) >= n_train:
-            raise DataError(f"{split_file} indexes up to {max(w_idx.max(), a_idx.max())} but the training set has "
-                            f"{n_train} images (it needs the full dataset, without --train-subset)")
-        return w_idx, a_idx
+        return tuple(_check_indices(splits[k], n_train, split_file, "training set") for k in split_keys[:2])
     split = int(np.floor(train_portion * n_train))
     if not 0 < split < n_train:
         raise DataError(f"train_portion {train_portion} of {n_train} images leaves one side of the split empty")
     return np.arange(split), np.arange(split, n_train)
+
+
+def test_split(splits: dict, n_test: int, split_file) -> tuple[np.ndarray, np.ndarray]:
+    """NB201 direct search: (architecture-step indices = `xvalid`, supernet-test indices = `xtest`) into the test set."""
+    return tuple(_check_indices(splits[k], n_test, split_file, "test set") for k in TEST_SPLIT_KEYS)
 
 
 class PairedBatches:
@@ -530,17 +628,27 @@ class PairedBatches:
         return len(self.weight_loader)
 
     def _next_arch(self):
-        if self._arch_iter is not None:
-            try:
-                return next(self._arch_iter)
-            except StopIteration:
-                pass
-        self._arch_iter = iter(self.arch_loader)
-        return next(self._arch_iter)
+        for _ in range(3):  # the current pass; a restored pass may hold nothing more; then a fresh pass
+            if self._arch_iter is not None:
+                try:
+                    return next(self._arch_iter)
+                except StopIteration:
+                    pass
+            self._arch_iter = iter(self.arch_loader)
+        raise DataError("the architecture split is empty")
 
     def __iter__(self):
         for weight_batch in self.weight_loader:
             yield weight_batch, self._next_arch()
+
+    def state_dict(self) -> dict:
+        """Where both samplers stand (the architecture iterator's position inside its pass included)."""
+        return {"weight": self.weight_loader.sampler.state_dict(), "arch": self.arch_loader.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weight_loader.sampler.load_state_dict(state["weight"])
+        self.arch_loader.sampler.load_state_dict(state["arch"])
+        self._arch_iter = None  # the next architecture batch comes from the restored pass
 
 
 def take_subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -553,16 +661,27 @@ def take_subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
 def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, seed: int,
                    train_portion: float = 0.5, split_file: str | None = None, train_subset: int = 0,
                    synthetic_size: tuple = (2048, 512), image_size: int = 32,
-                   arch_batch_size: int | None = None) -> tuple[PairedBatches, DataLoader, DataInfo]:
-    """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo."""
+                   arch_batch_size: int | None = None, rank: int = 0,
+                   world: int = 1) -> tuple[PairedBatches, DataLoader, DataInfo]:
+    """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo. A split file with
+    xvalid/xtest keys selects NB201's direct-search protocol (see the module docstring). Under torchrun (`world` > 1)
+    batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
     arrays, info = load_arrays(dataset, data_dir, synthetic_size=synthetic_size, image_size=image_size)
     x, y = take_subset(arrays["x_train"], arrays["y_train"], train_subset)
-    w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
-    weight_ds = ArrayDataset(x[w_idx], y[w_idx])
-    arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
-    weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed)
-    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1)
-    test_loader = make_loader(ArrayDataset(arrays["x_test"], arrays["y_test"]), batch_size, shuffle=False, seed=seed)
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
+    splits = read_split_file(split_file) if bilevel and split_file is not None else {}
+    if all(k in splits for k in TEST_SPLIT_KEYS):  # NB201 direct search (CIFAR-100, ImageNet16-120)
+        a_idx, t_idx = test_split(splits, len(y_test), split_file)
+        weight_ds, arch_ds = ArrayDataset(x, y), ArrayDataset(x_test[a_idx], y_test[a_idx])
+        x_test, y_test = x_test[t_idx], y_test[t_idx]
+    else:
+        w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
+        weight_ds = ArrayDataset(x[w_idx], y[w_idx])
+        arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
+    weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
+    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank,
+                              world=world)
+    test_loader = make_loader(ArrayDataset(x_test, y_test), batch_size, shuffle=False, seed=seed)
     return PairedBatches(weight_loader, arch_loader), test_loader, info
 
 
@@ -594,6 +713,45 @@ def load_table(path: str, key: str = "arch_str") -> dict[str, dict[str, float]]:
     return table
 
 
+ORACLE_PREFIXES = (("cifar100", "c100"), ("cifar10", "c10"), ("imagenet16", "in16"))  # cifar100 tested first
+
+
+def oracle_prefix(dataset: str) -> str | None:
+    """The oracle table's column prefix for a dataset name or .npz path (c10 / c100 / in16), None if unknown."""
+    name = Path(dataset).name.lower()
+    return next((prefix for key, prefix in ORACLE_PREFIXES if key in name), None)
+
+
+def oracle_metrics(table: dict | None, genotype, dataset: str) -> dict[str, float]:
+    """The benchmark's numbers of a derived cell as `oracle_{column}`: first every column of the searched dataset
+    (matched by whole `_` tokens, so c10 never matches c100), then the test columns of the others; `oracle_test` /
+    `oracle_valid` repeat the searched dataset's 200-epoch accuracies. Empty without a table or for unknown cells."""
+    row = (table or {}).get(str(genotype), {})
+    prefix = oracle_prefix(dataset)
+    mine = {k: v for k, v in row.items() if prefix in k.split("_")}
+    out = {f"oracle_{k}": v for k, v in mine.items()}
+    out.update({f"oracle_{k}": v for k, v in row.items() if "test" in k and k not in mine})
+    for split in ("test", "valid"):
+        if f"{prefix}_{split}_200" in row:
+            out[f"oracle_{split}"] = row[f"{prefix}_{split}_200"]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, loader, augment, device, *arch) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model(x, *arch)` over `loader` in eval mode (train mode afterwards)."""
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = augment(x.to(device)), y.to(device)
+        logits = model(x, *arch)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    return loss / n, correct / n
+
+
 # ---------------------------------------------------------------------------------------------- logging
 def _jsonable(obj):
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
@@ -617,10 +775,24 @@ def _atomic_write(path: Path, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file. mkstemp creates it with
     mode 0600; it gets the mode a plain open() would give (0666 minus the umask, usually 0644)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        os.fchmod(f.fileno(), 0o666 & ~_umask())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:  # interrupted (Ctrl-C, an error) before the rename: leave no half-written file behind
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _finite_or_none(obj):
+    """NaN and infinities are not JSON: they are logged as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
 
 
 class RunLogger:
@@ -641,7 +813,7 @@ class RunLogger:
 
     def log(self, metrics: dict) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics, default=_jsonable) + "\n")
+            f.write(json.dumps(_finite_or_none(metrics), default=_jsonable, allow_nan=False) + "\n")
             f.flush()
 
     def progress(self, epoch: int, epochs: int, metrics: dict, keys: tuple) -> None:
@@ -655,3 +827,548 @@ class RunLogger:
 
     def write_text(self, name: str, text: str) -> None:
         _atomic_write(self.path / name, text)
+
+
+# ------------------------------------------------------------------------------------- checkpoint / resume
+CHECKPOINT = "checkpoint.pt"
+# flags that may differ between a run and its resumption (they change where or how it is watched, not what it computes)
+RESUMABLE_FLAGS = frozenset({"resume", "device", "data_dir", "out_dir", "run_name", "tensorboard", "log_every"})
+
+
+class ResumeError(DataError):
+    """A run cannot be resumed: no checkpoint, a corrupt one, or one written with other settings."""
+
+
+class NonFiniteLoss(DataError):
+    """A loss became NaN or infinite: the run stops (its last complete epoch stays on disk)."""
+
+
+def add_run_args(p) -> None:
+    """The flags every search shares and none tunes: resumption, TensorBoard, determinism."""
+    p.add_argument("--resume", action="store_true", help="continue the run OUT_DIR/RUN_NAME from its checkpoint.pt "
+                   "(same settings; the default run name is used when --run-name is not given)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT_DIR/RUN_NAME/tb/ "
+                   "(needs `pip install tensorboard`)")
+    p.add_argument("--log-every", type=positive_int, default=50, help="TensorBoard: log the running training losses every N steps")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True), cuDNN "
+                   "benchmark off, CUBLAS_WORKSPACE_CONFIG set: bit-reproducible GPU runs, somewhat slower")
+
+
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (GPU runs are otherwise reproducible only up to atomics in cuDNN/cuBLAS reductions)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts; needed by CUDA >= 10.2
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+
+
+def rng_state() -> dict:
+    """The global generators: torch (CPU and every visible GPU), numpy, python."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state((state["numpy"][0], np.asarray(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+
+
+def capture(state):
+    """A copy of `state` that torch.save can write: modules, optimizers, schedulers and samplers by their
+    state_dict(), generators by their state, tensors cloned to the CPU, dicts recursively, anything else as it is.
+    A DistributedDataParallel model is saved as the model it wraps (the same checkpoint keys as in one process)."""
+    if isinstance(state, nn.parallel.DistributedDataParallel):
+        state = state.module
+    if hasattr(state, "state_dict"):
+        return state.state_dict()
+    if isinstance(state, torch.Generator):
+        return state.get_state()
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: capture(v) for k, v in state.items()}
+    return state
+
+
+def restore(state: dict, saved: dict) -> None:
+    """Undo `capture` in place: load_state_dict / set_state / copy_ into the live objects; plain values (numbers,
+    lists) are put back into the dict that holds them (so `vars(obj)` restores an object's attributes)."""
+    if set(state) != set(saved):
+        raise ResumeError(f"the checkpoint holds {sorted(saved)}, this run needs {sorted(state)}")
+    for k, v in state.items():
+        v = v.module if isinstance(v, nn.parallel.DistributedDataParallel) else v
+        if hasattr(v, "load_state_dict"):
+            v.load_state_dict(saved[k])
+        elif isinstance(v, torch.Generator):
+            v.set_state(saved[k])
+        elif isinstance(v, torch.Tensor):
+            if v.shape != saved[k].shape:
+                raise ResumeError(f"checkpoint entry {k!r} has shape {tuple(saved[k].shape)}, not {tuple(v.shape)}")
+            with torch.no_grad():
+                v.copy_(saved[k])
+        elif isinstance(v, dict):
+            restore(v, saved[k])
+        else:
+            state[k] = saved[k]
+
+
+def save_checkpoint(path: Path, obj: dict) -> None:
+    """torch.save to a temporary file in the same directory, flushed to disk, then renamed over `path`: a run killed
+    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise ResumeError(f"no checkpoint to resume at {path} (run without --resume to start it anew)")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle also warns about its protocol: keep the error one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
+        raise ResumeError(f"{path} is not a readable checkpoint ({' '.join(str(e).split())[:200]})") from e
+
+
+def check_settings(saved: dict, now: dict, where) -> None:
+    """A checkpoint resumes only the run it came from: every flag except RESUMABLE_FLAGS must be the same."""
+    keys = (set(saved) | set(now)) - RESUMABLE_FLAGS
+    clashes = [f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(keys)
+               if saved.get(k) != now.get(k)]
+    if clashes:
+        raise ResumeError(f"refusing to resume {where} with other settings: {', '.join(clashes)}")
+
+
+# ------------------------------------------------------------------------------------------- TensorBoard
+def summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch's writer needs the optional `tensorboard` package
+        raise DataError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter
+
+
+def heatmap(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:
+    """An edges x ops weight matrix as a uint8 HWC image: each entry a cell x cell square, dark (0) to bright
+    yellow (row maximum 1) on a blue-green-yellow ramp."""
+    m = matrix.detach().float().cpu().reshape(matrix.shape[0], -1).clamp(0, 1).numpy()
+    ramp = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
+    pos = m * (len(ramp) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(ramp) - 2)
+    rgb = ramp[lo] + (pos - lo)[..., None] * (ramp[lo + 1] - ramp[lo])
+    return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------- a search run
+class SearchRun(RunLogger):
+    """runs/{run_name}/ of one search: everything RunLogger does, plus per-epoch atomic checkpoints and exact
+    resumption (`--resume`), in-epoch progress, TensorBoard (`--tensorboard`), a stop on non-finite losses, and
+    Ctrl-C handling (exit 130 with the resume command; the last complete checkpoint stays).
+
+    Use: build every object, then `state = {...}` (what the next epoch depends on), `for epoch in
+    range(run.restore(state), epochs + 1)`, iterate `run.steps(batches, epoch, sums)`, end each epoch with
+    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`.
+    Under torchrun (after `init_distributed`) every rank restores the same checkpoint and checks that its
+    architecture equals every other rank's at each epoch end; rank 0 alone writes and prints; `finish` leaves the
+    process group."""
+
+    def __init__(self, args, default_name: str, argv=None):
+        self.args, self.epochs = args, args.epochs
+        self.settings = {**vars(args), "world_size": world_size()}  # a run resumes on as many processes
+        self.main = is_main()
+        name = args.run_name or default_name
+        self.tb = summary_writer_class() if args.tensorboard and self.main else None  # fails before anything is written
+        self.writer = None
+        self.created, self.argv = False, list(sys.argv[1:] if argv is None else argv)
+        set_deterministic(args.deterministic)
+        if args.resume:
+            self.path, self.start = Path(args.out_dir) / name, time.time()
+            self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
+            check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
+        elif not self.main:  # the other ranks write nothing
+            self.path, self.start, self._ckpt = Path(args.out_dir) / name, time.time(), None
+        else:
+            super().__init__(args.out_dir, name, self.settings)
+            self.created, self._ckpt = True, None
+        self.history, self.global_step = [], 0
+        self._previous_sigint = signal.signal(signal.SIGINT, self._interrupt)
+
+    # -- resumption
+    def restore(self, state: dict) -> int:
+        """Puts the checkpoint (if resuming) into the live objects; returns the first epoch still to run."""
+        if self._ckpt is None:
+            self._open_tb()
+            return 1
+        ckpt, self._ckpt = self._ckpt, None
+        try:
+            restore(state, ckpt["state"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:  # load_state_dict on a different network
+            raise ResumeError(f"{self.path / CHECKPOINT} does not fit this run: {' '.join(str(e).split())[:200]}") from e
+        set_rng_state(ckpt["rng"])
+        self.history, self.global_step = ckpt["history"], ckpt["global_step"]
+        self.start = time.time() - ckpt["elapsed"]
+        if self.main:  # metrics.jsonl ends with the checkpoint's epoch: lines of an unfinished epoch are dropped
+            self.write_text("metrics.jsonl", "".join(json.dumps(m, allow_nan=False) + "\n" for m in self.history))
+            print(f"resuming {self.path} after epoch {ckpt['epoch']}/{self.epochs}", flush=True)
+        self._open_tb()
+        return ckpt["epoch"] + 1
+
+    def resume_command(self) -> str:
+        argv, skip = [], False
+        for a in self.argv:  # drop an earlier --resume / --run-name / --out-dir, then name this run exactly
+            if skip:
+                skip = False
+                continue
+            if a in ("--run-name", "--out-dir"):
+                skip = True
+                continue
+            if a == "--resume" or a.startswith(("--run-name=", "--out-dir=")):
+                continue
+            argv.append(a)
+        argv += ["--out-dir", str(self.path.parent), "--run-name", self.path.name, "--resume"]
+        return shlex.join(["python", sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "ALGO.py", *argv])
+
+    def _interrupt(self, signum, frame):
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        discarded = self._discard_if_nothing_saved()
+        if not self.main:  # rank 0 says it
+            raise SystemExit(130)
+        if discarded:
+            print(f"\ninterrupted before the first epoch finished; {discarded}", file=sys.stderr, flush=True)
+        else:
+            print(f"\ninterrupted; epoch {len(self.history)} is saved. Resume with: {self.resume_command()}",
+                  file=sys.stderr, flush=True)
+        raise SystemExit(130)
+
+    def _discard_if_nothing_saved(self) -> str:
+        """A run stopped before its first checkpoint leaves no half-made directory behind."""
+        if (self.path / CHECKPOINT).is_file():
+            return ""
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+        return "nothing was kept"
+
+    # -- during an epoch
+    def steps(self, batches, epoch: int, sums: dict):
+        """Iterates `batches`; after each step checks that the running sums (losses, accuracies) are finite, shows
+        step i/n, steps/s, the ETA of the epoch and of the run and the running means (one line kept up to date on a
+        terminal, else a line every ~10% of the epoch), and logs the running losses to TensorBoard."""
+        n, t0, tty = len(batches), time.time(), sys.stdout.isatty()
+        every = max(1, math.ceil(n / 10))
+        for i, batch in enumerate(batches, 1):
+            yield batch
+            bad = [k for k, v in sums.items() if not math.isfinite(v)]
+            if bad:
+                flag = "--arch-lr" if bad[0].startswith("arch") else "--lr"
+                kept = self._discard_if_nothing_saved() or f"{self.path} holds epoch {len(self.history)} intact"
+                raise NonFiniteLoss(f"non-finite {bad[0]} at epoch {epoch} step {i}/{n}; lower the learning rate "
+                                    f"({flag}); {kept}")
+            self.global_step += 1
+            if self.writer is not None and self.global_step % self.args.log_every == 0:
+                for k, v in sums.items():
+                    if "loss" in k:
+                        self.writer.add_scalar(f"step/{k}", v / i, self.global_step)
+            if self.main and (tty or i % every == 0 or i == n):
+                rate = i / max(time.time() - t0, 1e-9)
+                eta_epoch = (n - i) / rate
+                eta_run = eta_epoch + (self.epochs - epoch) * n / rate
+                shown = " ".join(f"{k} {v / i:.4g}" for k, v in sums.items() if v)
+                line = (f"epoch {epoch}/{self.epochs} step {i}/{n} | {rate:.2f} steps/s | ETA epoch "
+                        f"{datetime.timedelta(seconds=round(eta_epoch))} run {datetime.timedelta(seconds=round(eta_run))}"
+                        f" | {shown}")
+                if tty:  # one line, rewritten in place, cleared at the end of the epoch
+                    print("\r" + (line[:150] if i < n else "").ljust(150), end="\r" if i == n else "", flush=True)
+                elif i < n:
+                    print(line, flush=True)
+
+    # -- end of an epoch / the search
+    def end_epoch(self, state: dict, metrics: dict, arch_weights: dict | None = None) -> None:
+        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line. Under torchrun:
+        raises unless `arch_weights` are the same on every rank; float metrics are averaged over the ranks."""
+        check_same_across_ranks(list((arch_weights or {}).values()), "the architecture")
+        metrics = _finite_or_none(mean_over_ranks(metrics))
+        if not self.main:
+            return
+        self.history.append(metrics)
+        epoch = metrics["epoch"]
+        save_checkpoint(self.path / CHECKPOINT, {
+            "epoch": epoch, "state": capture(state), "rng": rng_state(), "history": self.history,
+            "global_step": self.global_step, "elapsed": time.time() - self.start, "settings": self.settings})
+        self.log(metrics)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                    self.writer.add_scalar(f"epoch/{k}", v, epoch)
+            for g, w in (arch_weights or {}).items():
+                self.writer.add_image(f"arch/{g}", heatmap(w), epoch, dataformats="HWC")
+            if "genotype" in metrics:
+                self.writer.add_text("genotype", str(metrics["genotype"]), epoch)
+            self.writer.flush()
+        keys = [k for k in ("train_loss", "train_acc", "arch_acc", "valid_acc", "tau", "entropy_normal", "entropy_ops",
+                            "theta_convergence", "delta", "abar_changes", "wiped_normal", "wiped_reduce", "oracle_test",
+                            "oracle_c10_test_200") if k in metrics]
+        self.progress(epoch, self.epochs, metrics, tuple(keys))
+
+    def finish(self, result: dict, genotype, dot: str) -> dict:
+        barrier_and_destroy()  # torchrun: the ranks leave together; only rank 0 goes on to write
+        if not self.main:
+            return result
+        self.write_json("genotype.json", _finite_or_none(result))
+        self.write_text("cell.dot", dot)
+        if self.writer is not None:
+            self.writer.add_text("final_genotype", str(genotype))
+            self.writer.close()
+        signal.signal(signal.SIGINT, self._previous_sigint)
+        print(f"genotype: {genotype}\nresults in {self.path}", flush=True)
+        return {**result, "run_dir": str(self.path)}
+
+    def _open_tb(self) -> None:
+        self.writer = self.tb(str(self.path / "tb")) if self.tb is not None else None
+
+
+# ------------------------------------------------------------------------------------------ distributed
+class DistributedError(DataError):
+    """torchrun is not supported by a script, or ranks that must agree do not (a DataError: every script's error
+    handler prints it as one line)."""
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """True in the process that prints and writes runs/<run>/ (rank 0, or the only process)."""
+    return rank() == 0
+
+
+def under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
+    the ranks use GPUs (device `auto` with CUDA present, or `cuda...`: rank r gets cuda:LOCAL_RANK), else gloo on CPU.
+    One process: (0, 1, the device asked for; `auto` = cuda if available)."""
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not under_torchrun():
+        return 0, 1, resolve_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if want_cuda else "cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    return dist.get_rank(), dist.get_world_size(), dev
+
+
+def barrier_and_destroy() -> None:
+    """Leave the process group together: a rank that exits while its peer still talks aborts the peer's gloo
+    thread. Call it at the end of a successful run (torchrun stops all ranks when one fails)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def refuse_torchrun(reason: str) -> None:
+    """For scripts that cannot run as one search over several processes: under torchrun, rank 0 raises
+    DistributedError(reason) (one line) and the other ranks exit with status 1 without a word."""
+    if under_torchrun():
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise SystemExit(1)
+        raise DistributedError(reason)
+
+
+def per_rank_batch(batch_size: int, world: int) -> int:
+    """--batch-size is the global batch: each of `world` ranks gets batch_size / world."""
+    if batch_size % world:
+        raise DistributedError(f"--batch-size {batch_size} (the global batch) does not split over {world} processes")
+    return batch_size // world
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """DistributedDataParallel around `model` under torchrun (its weight gradients are averaged over the ranks in
+    every backward outside `local_grads`); the model itself in one process."""
+    if world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused_parameters)
+
+
+def local_grads(model: nn.Module):
+    """Context: a backward inside it leaves the weight gradients local (DDP's no_sync). For the architecture step,
+    whose weight gradients are thrown away: it saves an all-reduce of every weight gradient."""
+    return model.no_sync() if isinstance(model, nn.parallel.DistributedDataParallel) else contextlib.nullcontext()
+
+
+def all_reduce_mean_(tensors) -> None:
+    """Average tensors (same dtype and device) in place over the ranks, in one all-reduce; no-op in one process."""
+    tensors = [t for t in tensors if t is not None]
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def average_grads_before_step(optimizer: torch.optim.Optimizer) -> None:
+    """Under torchrun: before every step of `optimizer`, average its parameters' gradients over the ranks, so that
+    each rank steps with the global-batch gradient and the parameters stay identical everywhere."""
+    if world_size() > 1:
+        optimizer.register_step_pre_hook(lambda opt, args, kwargs: all_reduce_mean_(
+            [p.grad for group in opt.param_groups for p in group["params"]]))
+
+
+def mean_over_ranks(metrics: dict) -> dict:
+    """The float entries of `metrics` averaged over the ranks (per-rank means of equal shards -> global means)."""
+    keys = [k for k, v in metrics.items() if isinstance(v, float)]
+    if world_size() == 1 or not keys:
+        return metrics
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+    all_reduce_mean_([t])
+    return {**metrics, **dict(zip(keys, t.tolist()))}
+
+
+def check_same_across_ranks(tensors, what: str) -> None:
+    """Raise DistributedError unless every rank holds the same values. Compares a float64 checksum (sum, position-
+    weighted sum, count of non-finite entries) by one all-reduce of its max and -min; no-op in one process."""
+    tensors = list(tensors)
+    if world_size() == 1 or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    finite = torch.isfinite(flat)
+    x = torch.where(finite, flat, torch.zeros_like(flat))
+    pos = torch.arange(1, len(x) + 1, dtype=torch.float64, device=x.device)
+    s = torch.stack([x.sum(), (x * pos).sum(), (~finite).sum().double()])
+    both = torch.cat([s, -s])
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    spread = (both[:3] + both[3:]).abs().max().item()  # max - min per checksum entry
+    if spread != 0:
+        raise DistributedError(f"{what} differs across the {world_size()} ranks (checksum spread {spread:.3g}); "
+                               f"the ranks no longer run one search")
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, epochs: int, lr_min: float = 0.0, warmup_epochs: int = 0):
+    """Per-epoch scheduler (step it once per epoch): cosine from the optimizer's lr to lr_min over `epochs` (the
+    closed form of CosineAnnealingLR), except that the first `warmup_epochs` epochs (0-based e < W) run at
+    lr x (e + 1) / W (PC-DARTS' ImageNet search warms up this way for batches > 256)."""
+    base = opt.param_groups[0]["lr"]
+
+    def factor(e: int) -> float:
+        if e < warmup_epochs:
+            return (e + 1) / warmup_epochs
+        return (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * e / epochs))) / base
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+# ------------------------------------------------------------------------------------------ ImageNet search
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SUBSET_SEED = 0  # the per-class subsets do not change with a search's --seed
+
+
+def per_class_subsets(targets, fractions=(0.1, 0.025), seed: int = IMAGENET_SUBSET_SEED) -> tuple[np.ndarray, ...]:
+    """Disjoint per-class random subsets of a labelled set (PC-DARTS' ImageNet search: 10% of every class for the
+    weights, 2.5% for the architecture). For each class in label order, the class's indices are permuted by one
+    numpy Generator(seed) and cut into the first max(1, round(f0 * n_c)), the next max(1, round(f1 * n_c)), ...
+    Returns sorted int64 index arrays, one per fraction."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if not fractions or any(f <= 0 for f in fractions) or sum(fractions) > 1:
+        raise DataError(f"subset fractions {tuple(fractions)} must be > 0 and sum to at most 1")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(targets, kind="stable")
+    classes, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
+    out = [[] for _ in fractions]
+    for c, start, n in zip(classes, starts, counts):
+        sizes = [max(1, int(round(f * n))) for f in fractions]
+        if sum(sizes) > n:
+            raise DataError(f"class {c} has {n} images, too few for one image in each of {len(fractions)} subsets")
+        perm = rng.permutation(order[start:start + n])
+        cuts = np.cumsum([0, *sizes])
+        for k in range(len(fractions)):
+            out[k].append(perm[cuts[k]:cuts[k + 1]])
+    return tuple(np.sort(np.concatenate(parts)) for parts in out)
+
+
+def read_subset_file(path, samples: list, root) -> np.ndarray:
+    """Indices of the images listed in a text file, one path per line relative to the ImageFolder root (e.g.
+    `n01440764/n01440764_10026.JPEG`), into `samples` (ImageFolder.samples)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except FileNotFoundError as e:
+        raise DataError(f"subset file not found: {path}") from e
+    where = {Path(p).relative_to(root).as_posix(): i for i, (p, _) in enumerate(samples)}
+    missing = [ln for ln in lines if ln not in where]
+    if missing or not lines:
+        raise DataError(f"{path}: {len(missing)} of {len(lines)} listed images are not in {root} (first: "
+                        f"{missing[0] if missing else 'the file is empty'})")
+    return np.asarray(sorted(where[ln] for ln in lines), dtype=np.int64)
+
+
+class FolderImages(Dataset):
+    """Some images of an ImageFolder (`samples`: (path, label) pairs) through a transform; picklable for workers."""
+
+    def __init__(self, samples: list, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.datasets.folder import default_loader  # torchvision: only the ImageFolder path needs it
+        path, label = self.samples[i]
+        return self.transform(default_loader(path)), label
+
+
+def imagenet_search_loaders(data_dir: str, batch_size: int, seed: int, workers: int = 8, rank: int = 0,
+                            world: int = 1, fractions=(0.1, 0.025), subset_files=None, image_size: int = 224,
+                            pin_memory: bool = False) -> tuple[PairedBatches, DataLoader, DataInfo]:
+    """PC-DARTS' ImageNet search data, same return shape as `search_loaders`: paired (weight, arch) batches from two
+    disjoint per-class subsets of DATA_DIR/train (an ImageFolder; `per_class_subsets`, or two `subset_files`), each
+    with RandomResizedCrop(image_size) + horizontal flip, served as uint8 NCHW by `workers` processes per loader
+    (Augment normalises them on the device); batch_size is per rank; and a loader over the architecture subset with
+    Resize(256/224 x size) + CenterCrop(size) for the supernet's final evaluation."""
+    from torchvision import datasets, transforms  # only the ImageFolder path needs it
+
+    root = Path(data_dir) / "train"
+    if not root.is_dir():
+        raise DataError(f"--dataset imagenet needs an ImageFolder directory {root} (one sub-directory per class)")
+    folder = datasets.ImageFolder(root)
+    if subset_files is not None:
+        w_idx, a_idx = (read_subset_file(f, folder.samples, root) for f in subset_files)
+        if np.intersect1d(w_idx, a_idx).size:
+            raise DataError(f"subset files {subset_files[0]} and {subset_files[1]} share images")
+    else:
+        w_idx, a_idx = per_class_subsets(folder.targets, fractions)
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+                                   transforms.PILToTensor()])
+    eval_tf = transforms.Compose([transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+                                  transforms.PILToTensor()])
+    pick = lambda idx: [folder.samples[i] for i in idx]  # noqa: E731
+
+    def loader(ds, sampler, stream):  # workers of each rank and loader get their own seeds for the random crops
+        return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 1000 * stream))
+
+    weights = loader(FolderImages(pick(w_idx), train_tf), SeededSampler(len(w_idx), seed, rank=rank, world_size=world), 2 * rank)
+    arch = loader(FolderImages(pick(a_idx), train_tf), SeededSampler(len(a_idx), seed + 1, rank=rank, world_size=world), 2 * rank + 1)
+    test = loader(FolderImages(pick(a_idx), eval_tf), None, 2 * world)
+    info = DataInfo("imagenet", len(folder.classes), image_size, IMAGENET_MEAN, IMAGENET_STD, 0, loader_augments=True)
+    return PairedBatches(weights, arch), test, info

@@ -299,18 +299,31 @@ class DartsSearchCell(nn.Module):
 class DartsSupernet(nn.Module):
     """DARTS search network: stem (in_channels -> 3C) -> `layers` cells, reductions at layers//3 and 2*layers//3
     -> GAP -> linear. forward(x, arch, edge_weights=None): arch = {"normal": specs[14], "reduce": specs[14]}, optional
-    edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation)."""
+    edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation).
+    stem "cifar": 3x3 conv + BN at full resolution (s0 = s1). stem "imagenet" (PC-DARTS model_search_imagenet.py):
+    stem0 = 3x3 stride-2 conv to 3C/2, BN, ReLU, 3x3 stride-2 conv to 3C, BN; stem1 = ReLU, 3x3 stride-2 conv, BN;
+    s0 = stem0(x) (1/4 resolution), s1 = stem1(s0) (1/8: 224 px -> 28), so the first cell reduces s0 (reduction_prev)."""
 
     def __init__(self, C=16, layers=8, num_classes=10, ops_normal=DARTS_OPS, ops_reduce=None,
-                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3, in_channels=3):
+                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3, stem="cifar",
+                 in_channels=3):
         super().__init__()
         if layers < 3:
             raise SpaceError(f"the DARTS space needs >= 3 cells (reductions at layers//3 and 2*layers//3), got {layers}")
         ops_reduce = ops_normal if ops_reduce is None else ops_reduce
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        if stem == "imagenet":
+            self.stem0 = nn.Sequential(
+                nn.Conv2d(in_channels, C_curr // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr // 2), nn.ReLU(),
+                nn.Conv2d(C_curr // 2, C_curr, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+            self.stem1 = nn.Sequential(nn.ReLU(), nn.Conv2d(C_curr, C_curr, 3, stride=2, padding=1, bias=False),
+                                       nn.BatchNorm2d(C_curr))
+        elif stem == "cifar":
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        else:
+            raise SpaceError(f"DARTS supernet stem must be 'cifar' or 'imagenet', got {stem!r}")
         C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells, reduction_prev = nn.ModuleList(), False
+        self.cells, reduction_prev = nn.ModuleList(), stem == "imagenet"
         for i in range(layers):
             reduction = i in (layers // 3, 2 * layers // 3)
             C_curr = C_curr * 2 if reduction else C_curr
@@ -322,7 +335,11 @@ class DartsSupernet(nn.Module):
 
     def forward(self, x, arch, edge_weights=None):
         specs = {ct: _host_rows(a) for ct, a in arch.items()}
-        s0 = s1 = self.stem(x)
+        if hasattr(self, "stem0"):
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
         for cell in self.cells:
             ct = "reduce" if cell.reduction else "normal"
             s0, s1 = s1, cell(s0, s1, specs[ct], None if edge_weights is None else edge_weights[ct])
@@ -415,28 +432,33 @@ def nb1shot1_choice_nodes(space_id: int) -> list[int]:
 
 class OneShotCell(nn.Module):
     """1Shot1 one-shot cell: choice block b = MixedEdge(sum_j w_bj * h_j) over h_0 = proj_b(input), h_1..h_{b-1};
-    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b)."""
+    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b). Input weights: a row (K,), per-sample rows (B, K),
+    or per-cell per-sample rows (cells, B, K), of which the cell takes row `cell_rank` (set by the algorithm)."""
 
     def __init__(self, C_in, C, space_id, edge: EdgeFactory):
         super().__init__()
+        self.cell_rank = None
         self.n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
         self.weighted = set(nb1shot1_choice_nodes(space_id))
         self.proj = nn.ModuleList(ConvBnRelu(C_in, C, 1, affine=False) for _ in range(self.n))
         self.proj_out = ConvBnRelu(C_in, C * self.n, 1, affine=False)
         self.blocks = nn.ModuleList(edge(C, 1, NB1SHOT1_OPS, False) for _ in range(self.n))
 
+    def _row(self, w: torch.Tensor) -> torch.Tensor:
+        return w[self.cell_rank] if w.dim() == 3 else w
+
     def forward(self, s0, arch):
-        outs, w_out = [], arch["out"][0]
+        outs, w_out = [], self._row(arch["out"][0])
         for b in range(1, self.n + 1):
             inputs = [self.proj[b - 1](s0)] + outs
             if b in self.weighted:
-                w_in = arch[f"in{b}"][0]
-                x = _node_sum([_scale(w_in[j], h) for j, h in enumerate(inputs)], b)
+                w_in = self._row(arch[f"in{b}"][0])
+                x = _node_sum([_scale(w_in[..., j], h) for j, h in enumerate(inputs)], b)
             else:
                 x = _node_sum(inputs, b)
             outs.append(self.blocks[b - 1](x, arch["ops"][b - 1]))
-        cat = torch.cat([_scale(w_out[b + 1], h) for b, h in enumerate(outs)], dim=1)
-        return cat + _scale(w_out[0], self.proj_out(s0))
+        cat = torch.cat([_scale(w_out[..., b + 1], h) for b, h in enumerate(outs)], dim=1)
+        return cat + _scale(w_out[..., 0], self.proj_out(s0))
 
 
 class NB1Shot1Supernet(nn.Module):
@@ -782,9 +804,12 @@ class DartsSpace:
     def arch_shapes(self) -> dict:
         return {ct: (self.n_edges, len(ops)) for ct, ops in self.ops.items()}
 
-    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge, in_channels=3) -> DartsSupernet:
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge, stem="cifar",
+                 in_channels=3) -> DartsSupernet:
+        """stem "imagenet": the PC-DARTS ImageNet search network's three stride-2 convolutions (DartsSupernet)."""
         layers = self.default_layers if layers is None else layers
-        return DartsSupernet(C, layers, num_classes, self.ops["normal"], self.ops["reduce"], edge, in_channels=in_channels)
+        return DartsSupernet(C, layers, num_classes, self.ops["normal"], self.ops["reduce"], edge, stem=stem,
+                             in_channels=in_channels)
 
     def derive(self, weights: dict) -> DartsGenotype:
         concat = tuple(range(2, 2 + self.steps))
@@ -833,6 +858,12 @@ class NB1Shot1Space:
         shapes.update({f"in{b}": (1, b) for b in nb1shot1_choice_nodes(self.space_id)})
         return shapes
 
+    def parents(self) -> dict[str, int]:
+        """How many inputs each input group keeps: {'in{b}': parents of choice node b, 'out': parents of the output}."""
+        layout = NB1SHOT1_LAYOUT[self.space_id]
+        return {**{f"in{b}": layout["node_parents"][b - 1] for b in nb1shot1_choice_nodes(self.space_id)},
+                "out": layout["output_parents"]}
+
     def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge,
                  in_channels=3) -> NB1Shot1Supernet:
         layers = self.default_layers if layers is None else layers
@@ -867,6 +898,49 @@ class NB1Shot1Space:
             matrix.insert(5, [0] * 7)
             op_list.insert(5, "conv1x1-bn-relu")
         return NB101Spec(tuple(map(tuple, matrix)), tuple(op_list))
+
+
+def mean_entropy(weights: dict) -> dict[str, float]:
+    """Mean entropy (nats) of the rows of each group of weights (rows on a simplex; zero entries add 0): how far a
+    search is from a discrete choice."""
+    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
+
+
+def one_hot_weights(space, genotype) -> dict[str, torch.Tensor]:
+    """A derived discrete cell in its supernet's weight format: per group an (n_edges, n_ops) tensor with the
+    genotype's op one-hot on each selected edge and a row of zeros on every other edge (unselected DARTS edges and
+    NB201 `none` edges are off: MixedEdge computes nothing there). `w.sum(-1)` is then the matching per-edge weight
+    (1 on kept edges, 0 elsewhere) for supernets with edge weights (PC-DARTS edge normalisation)."""
+    if isinstance(space, DartsSpace) and isinstance(genotype, DartsGenotype):
+        cells = {ct: [(op, j, i // 2) for i, (op, j) in enumerate(getattr(genotype, ct))] for ct in space.ops}
+        for ct in space.ops:
+            if len(getattr(genotype, ct)) != 2 * space.steps or sorted(getattr(genotype, ct + "_concat")) != list(
+                    range(2, 2 + space.steps)):
+                raise SpaceError(f"{ct} cell: the supernet has {space.steps} nodes, two inputs each, all concatenated")
+    elif isinstance(space, NB201Space) and isinstance(genotype, NB201Genotype):
+        cells = {"normal": [(op, j, i) for i, node in enumerate(genotype.nodes) for op, j in node]}
+    else:
+        raise SpaceError(f"no one-hot supernet weights for a {type(genotype).__name__} in the {space.name} space")
+    out = {}
+    for ct, picks in cells.items():
+        ops, w = space.ops[ct], torch.zeros(space.n_edges, len(space.ops[ct]))
+        for op, j, node in picks:
+            if op not in ops:
+                raise SpaceError(f"{ct} cell: op {op!r} is not in the space's op list {ops}")
+            if op != "none":
+                w[space.node_slices[node][0] + j, ops.index(op)] = 1.0
+        out[ct] = w
+    return out
+
+
+def discretisation_check(space, genotype, evaluate_with, device) -> dict:
+    """GAEA Sec. 4.1: the supernet's accuracy with the derived discrete cell in place of the continuous weights
+    (same shared weights, same BN statistics, no retraining). `evaluate_with(weights)` -> (loss, accuracy) runs the
+    algorithm's own evaluation with one_hot_weights. Spaces without a one-hot form (NAS-Bench-1Shot1) give {}."""
+    if not isinstance(space, (DartsSpace, NB201Space)):
+        return {}
+    loss, acc = evaluate_with({g: w.to(device) for g, w in one_hot_weights(space, genotype).items()})
+    return {"supernet_test_acc_discrete": acc, "supernet_test_loss_discrete": loss}
 
 
 SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3")

@@ -48,12 +48,9 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import pickle
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -330,40 +327,18 @@ def make_loaders(args, train, test, rank, world, device):
 
 
 # ----------------------------------------------------------------------------------------- checkpointing
-def rng_state(augment_gen, sampler, device) -> dict:
-    np_state = np.random.get_state()
+def rng_state(augment_gen, sampler) -> dict:
     gen = getattr(sampler, "generator", None)
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,  # this rank's GPU only
-            "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]], "python": random.getstate(),
-            "augment": augment_gen.get_state() if augment_gen is not None else None,
+    return {**data.rng_state(), "augment": augment_gen.get_state() if augment_gen is not None else None,
             "sampler": gen.get_state() if gen is not None else None}
 
 
-def set_rng_state(state: dict, augment_gen, sampler, device) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-    np.random.set_state((state["numpy"][0], np.asarray(state["numpy"][1], dtype=np.uint32), *state["numpy"][2:]))
-    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+def set_rng_state(state: dict, augment_gen, sampler) -> None:
+    data.set_rng_state(state)
     if augment_gen is not None:
         augment_gen.set_state(state["augment"])
     if getattr(sampler, "generator", None) is not None:
         sampler.generator.set_state(state["sampler"])
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """torch.save to a temporary file in the same directory, flushed to disk, then renamed over `path`: a run killed
-    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 CHECKPOINT_KEYS = {"epoch", "genotype", "args", "model", "optimizer", "scheduler", "rng", "history", "elapsed",
@@ -374,13 +349,7 @@ def load_checkpoint(run_dir: str) -> dict:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ResumeError(f"no checkpoint to resume at {path}")
-    try:
-        with warnings.catch_warnings():  # a foreign pickle also warns about its protocol: keep the error one line
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:  # torn / foreign file
-        raise ResumeError(f"{path} is not a train_eval.py checkpoint ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:200]})") from err
+    ckpt = data.load_checkpoint(path)
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
         raise ResumeError(f"{path} is not a train_eval.py checkpoint (missing its keys)")
     return ckpt
@@ -471,19 +440,6 @@ def genotype_tag(text: str, genotype) -> str:
     return f"{genotype.space}_" + hashlib.sha1(json.dumps(genotype.to_json(), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def setup_distributed(args):
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    want_cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    if world > 1:
-        dist.init_process_group("nccl" if want_cuda else "gloo")
-        rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local}" if want_cuda else "cpu")
-        if want_cuda:
-            torch.cuda.set_device(device)
-        return rank, world, device
-    return 0, 1, data.resolve_device(args.device)
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     ckpt = None
@@ -493,21 +449,15 @@ def main(argv=None) -> dict:
     else:
         genotype = read_genotype(args.genotype)
     args = resolve(args, genotype)
-    rank, world, device = setup_distributed(args)
-    try:
-        result = run(args, genotype, ckpt, rank, world, device)
-        if world > 1:  # leave together: a rank exiting while its peer still talks aborts the peer's gloo thread
-            dist.barrier()
-        return result
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+    rank, world, device = data.init_distributed(args.device)
+    result = run(args, genotype, ckpt, rank, world, device)
+    data.barrier_and_destroy()
+    return result
 
 
 def run(args, genotype, ckpt, rank, world, device) -> dict:
     # everything that can fail on bad input happens before the run directory exists
-    if args.batch_size % world:
-        raise spaces.SpaceError(f"--batch-size {args.batch_size} does not split over {world} ranks")
+    data.per_rank_batch(args.batch_size, world)  # raises unless the global batch splits over the ranks
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -521,7 +471,7 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
     opt = make_optimizer(args, net.parameters())
     steps = len(train_loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, args))
-    model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
+    model = data.wrap_ddp(net, device)
     train_prep, test_prep = (preps[0], preps[1]) if preps else (lambda x: x, lambda x: x)
     torch.manual_seed(args.seed + 1000 * rank)  # per-rank stream for drop path (and ImageFolder workers)
     if device.type == "cuda":
@@ -534,7 +484,7 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"][rank], aug_gen, train_loader.sampler, device)
+        set_rng_state(ckpt["rng"][rank], aug_gen, train_loader.sampler)
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
     log = None
     if rank == 0:
@@ -563,12 +513,12 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
         history.append(metrics)
         states = [None] * world
         if world > 1:
-            dist.all_gather_object(states, rng_state(aug_gen, train_loader.sampler, device))
+            dist.all_gather_object(states, rng_state(aug_gen, train_loader.sampler))
         else:
-            states = [rng_state(aug_gen, train_loader.sampler, device)]
+            states = [rng_state(aug_gen, train_loader.sampler)]
         if rank == 0:
             log.log(metrics)
-            save_checkpoint(log.path / "checkpoint.pt", {
+            data.save_checkpoint(log.path / "checkpoint.pt", {
                 "epoch": epoch, "genotype": genotype.to_json(), "args": vars(args), "model": net.state_dict(),
                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": states, "history": history,
                 "elapsed": time.time() - log.start, "world_size": world})

@@ -1,21 +1,26 @@
-"""DARTS, first order: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
+"""DARTS, first and second order: Differentiable Architecture Search (Liu, Simonyan & Yang, ICLR 2019).
 
 Paper: https://arxiv.org/abs/1806.09055 -- official code: https://github.com/quark0/darts (cnn/)
 
 What this file implements: every edge of a supernet mixes its candidate ops with weights softmax(alpha)
 (PAPER: Eq. 2); the architecture logits alpha are trained by Adam on the loss of an architecture batch, the
-network weights by SGD on a training batch, alternating every step; first order, i.e. the gradient of alpha is
-taken at the current weights (PAPER: Eq. 6 with xi = 0). At the end each node keeps its two strongest incoming
+network weights by SGD on a training batch, alternating every step. First order (default): the gradient of alpha
+is taken at the current weights (PAPER: Eq. 6 with xi = 0). Second order (`--unrolled`, bilevel only): the gradient
+of alpha is taken after one virtual SGD step of the weights, with the implicit term by a finite-difference
+Hessian-vector product (PAPER: Eq. 6-8). At the end each node keeps its two strongest incoming
 edges with their strongest non-`none` op (DARTS space), or each edge its strongest op (NB201).
 Bilevel by default (weights on one half of the training set, alpha on the other); `--single-level` trains both
 on the whole training set (the ERM variant that GAEA studies).
 
-Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs):
+Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs), first and second order:
     python algos/darts.py
+    python algos/darts.py --unrolled
 NAS-Bench-201's DARTS-V1 baseline, with the benchmark's accuracy of the derived cell each epoch:
     python algos/darts.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 # DEVIATION: on nb201 we keep DARTS' own settings (momentum SGD, wd 3e-4, cosine per epoch, architecture step
 # first); NB201's DARTS-V1 run used nesterov, wd 5e-4, a per-step cosine and the weight step first.
+One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
+    torchrun --nproc_per_node 8 algos/darts.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/darts.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -29,6 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 
 _here = Path(__file__).resolve().parent
 if not (_here / "spaces.py").exists():  # repository layout: algos/ beside spaces.py and data.py
@@ -38,16 +44,17 @@ import spaces  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="First-order DARTS search (defaults: the paper's CIFAR-10 search).")
+    p = argparse.ArgumentParser(description="DARTS search (defaults: the paper's first-order CIFAR-10 search).")
     p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
+    p.add_argument("--unrolled", action="store_true", help="second order: alpha's gradient after a virtual weight step (bilevel only)")
     p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=data.positive_int, default=50, help="search epochs")
-    p.add_argument("--batch-size", type=data.positive_int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=data.positive_int, default=64, help="global batch of both steps (split over torchrun's processes)")
     p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
@@ -62,9 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", type=data.run_name, default=None, help="default: darts_{space}_{dataset}_s{seed}")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: darts_{space}_{dataset}_s{seed} (darts2_... with --unrolled)")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     data.check_search_args(args, p)
+    if args.unrolled and args.single_level:
+        p.error("--unrolled is DARTS' bilevel second order: it needs separate weight and architecture batches, not --single-level")
     return args
 
 
@@ -94,6 +104,79 @@ def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
 
+# ALGO LOGIC: second order (--unrolled). Virtual weights are plain tensors handed to the supernet through
+# torch.func.functional_call: the model's own parameters are never overwritten.
+def virtual_step(model, alphas, opt, x, y, xi) -> dict[str, torch.Tensor]:
+    """w' = w - xi * (momentum * buf + grad_w L_train(w, alpha) + wd * w) with the momentum buffers, momentum and
+    weight decay of the SGD optimizer `opt`: the step `opt` would take next, without gradient clipping (as the
+    official code). Returns {parameter name: w'}, tensors without graph.
+    PAPER: Eq. (6) w' = w - xi grad_w L_train(w, alpha)
+    DEVIATION: the momentum and weight-decay terms are the official code's (its virtual step is the optimizer's
+    step); the paper's Eq. (6) is a plain gradient step."""
+    with torch.no_grad():
+        weights = mixture_weights(alphas)
+    names, params = zip(*model.named_parameters())
+    loss = F.cross_entropy(model(x, weights), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    group_of = {p: group for group in opt.param_groups for p in group["params"]}
+    w_virtual = {}
+    with torch.no_grad():
+        for name, p, g in zip(names, params, grads):
+            step = group_of[p]["weight_decay"] * p + (0.0 if g is None else g)
+            buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
+            if buf is not None:  # no buffer before the first real step: the official code uses zeros
+                step = step + group_of[p]["momentum"] * buf
+            w_virtual[name] = p - xi * step
+    return w_virtual
+
+
+def _grads_or_zeros(grads, tensors) -> list[torch.Tensor]:
+    """autograd.grad(allow_unused=True) gives None for a tensor the loss does not use (e.g. a group no cell has)."""
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
+
+
+def hessian_vector_product(model, alphas, vector: dict[str, torch.Tensor], x, y, r: float = 1e-2) -> list[torch.Tensor]:
+    """grad^2_{alpha, w} L_train(w, alpha) @ vector by central differences at the current weights w:
+    (grad_alpha L_train(w + eps v, alpha) - grad_alpha L_train(w - eps v, alpha)) / (2 eps), eps = r / ||v||.
+    PAPER: Eq. (8), eps = 0.01 / ||grad_w' L_val(w', alpha)||. Returns one tensor per alpha group."""
+    alpha_list = list(alphas.values())
+    eps = r / torch.cat([v.reshape(-1) for v in vector.values()]).norm()
+    params = dict(model.named_parameters())
+    grads = []
+    for sign in (1.0, -1.0):
+        w = {n: params[n].detach() + sign * eps * v for n, v in vector.items()}
+        loss = F.cross_entropy(functional_call(model, w, (x, mixture_weights(alphas))), y)
+        grads.append(_grads_or_zeros(torch.autograd.grad(loss, alpha_list, allow_unused=True), alpha_list))
+    return [(gp - gn) / (2 * eps) for gp, gn in zip(*grads)]
+
+
+def unrolled_arch_grads(model, alphas, opt, x, y, xa, ya, xi) -> tuple[list[torch.Tensor], float, float]:
+    """The second-order architecture gradient grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha)
+    grad_w' L_val(w', alpha), w' = virtual_step(...) on the training batch (x, y), L_val on the architecture batch
+    (xa, ya). PAPER: Eq. (7)-(8). Returns (one gradient per alpha group, loss and accuracy of L_val at w')."""
+    alpha_list = list(alphas.values())
+    leaves = {n: t.requires_grad_(True) for n, t in virtual_step(model, alphas, opt, x, y, xi).items()}
+    # the virtual network's BatchNorm running statistics are thrown away, as with the official code's model copy
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    logits = functional_call(model, {**leaves, **buffers}, (xa, mixture_weights(alphas)))
+    loss = F.cross_entropy(logits, ya)
+    grads = torch.autograd.grad(loss, alpha_list + list(leaves.values()), allow_unused=True)
+    vector = {n: g for n, g in zip(leaves, grads[len(alpha_list):]) if g is not None}  # grad_w' L_val(w', alpha)
+    hvp = hessian_vector_product(model, alphas, vector, x, y)
+    arch_grads = [g - xi * h for g, h in zip(_grads_or_zeros(grads[:len(alpha_list)], alpha_list), hvp)]
+    return arch_grads, loss.item(), (logits.argmax(1) == ya).float().mean().item()
+
+
+def unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, xi) -> tuple[float, float]:
+    """One Adam step on alpha with the second-order gradient (unrolled_arch_grads); the weights do not move."""
+    arch_grads, loss, acc = unrolled_arch_grads(model, alphas, opt, x, y, xa, ya, xi)
+    arch_opt.zero_grad(set_to_none=True)
+    for a, g in zip(alphas.values(), arch_grads):
+        a.grad = g
+    arch_opt.step()
+    return loss, acc
+
+
 def weight_step(model, alphas, opt, x, y, grad_clip) -> tuple[float, float]:
     """One SGD step on the supernet weights with the training batch, alpha fixed."""
     opt.zero_grad(set_to_none=True)
@@ -115,9 +198,10 @@ def derive_genotype(space, alphas):
 
 
 @torch.no_grad()
-def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
+def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
     model.eval()
-    weights, loss, correct, n = mixture_weights(alphas), 0.0, 0, 0
+    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)
         logits = model(x, weights)
@@ -131,30 +215,41 @@ def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = data.resolve_device(args.device)
+    if args.unrolled:  # its virtual weight step would use each rank's own batch
+        data.refuse_torchrun("--unrolled (second order) does not run under torchrun: run it as one process")
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
     paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+        args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=not args.single_level,
+        seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
+        rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     arch_opt = torch.optim.Adam(alphas.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
+    data.average_grads_before_step(arch_opt)  # torchrun: the global batch's gradient on every rank
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
-    run_name = args.run_name or f"darts_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"darts{'2' if args.unrolled else ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "alphas": alphas, "opt": opt, "sched": sched, "arch_opt": arch_opt,
+             "augment_gen": gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
-        for (x, y), (xa, ya) in paired:
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
-            # ALGO LOGIC: architecture step first, then weight step (DARTS' order)
-            arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
+            # ALGO LOGIC: architecture step first, then weight step (DARTS' order); second order: xi = the weights'
+            # current learning rate (the official code passes its scheduler's lr)
+            with data.local_grads(model):  # torchrun: the weight gradients of this step are not needed
+                if args.unrolled:
+                    arch_loss, arch_acc = unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, opt.param_groups[0]["lr"])
+                else:
+                    arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
             train_loss, train_acc = weight_step(model, alphas, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v
@@ -164,21 +259,18 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_c10_test_200"))
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        run.end_epoch(state, metrics, mixture_weights(alphas))
 
-    test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
+    test_loss, test_acc = evaluate(model, mixture_weights(alphas), test_loader, test_augment, device)
     genotype = derive_genotype(space, alphas)
+    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, w, test_loader, test_augment, device), device)
     result = {"algorithm": "darts", "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
-              "search_time_s": time.time() - log.start,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
+              "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ Reproduce the paper's NB201 search (ERM, CIFAR-10, 25 epochs), with the benchmar
     python algos/gaea_darts_erm.py --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 The "GAEA DARTS (bilevel)" row: add --bilevel --split-file ../shared/data/nb201/splits/cifar-split.txt.gz
 (DEVIATION: the last epoch's genotype is returned; the release's bilevel run returns the best-validation epoch's.)
+One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
+    torchrun --nproc_per_node 8 algos/gaea_darts_erm.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/gaea_darts_erm.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -39,10 +41,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--bilevel", action="store_true", help="architecture steps on the held-out half (default ERM: whole training set)")
     p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=data.positive_int, default=25, help="search epochs")
-    p.add_argument("--batch-size", type=data.positive_int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=data.positive_int, default=64, help="global batch of both steps (split over torchrun's processes)")
     # DEVIATION: the release's NB201 config has C=24 and a 50-epoch cosine period (lr ends at ~0.0138); here C=16, 25.
     p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
@@ -57,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: gaea_darts_{erm|bilevel}_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     data.check_search_args(args, p)
     return args
@@ -74,7 +77,9 @@ def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def eg_update(theta: torch.Tensor, grad: torch.Tensor, lr: float, floor: float = 1e-5) -> torch.Tensor:
     """theta * exp(-lr * grad) per row, normalised, then the release's clamp at `floor` and renormalisation. PAPER: Eq. (8)
-    DEVIATION: in the log domain (same value; the release's product overflows float32 once lr * |grad| > ~88)."""
+    DEVIATION: in the log domain (the release's product overflows float32 once lr * |grad| > ~88). Exact where no entry
+    hits the floor: softmax(log theta - lr grad) = theta e^(-lr grad) / sum. Not where it does: the release clamps the
+    unnormalised product at 1e-5, then divides; we clamp the normalised row (and theta before the log)."""
     theta = F.softmax(theta.clamp_min(floor).log() - lr * grad, dim=-1).clamp_min(floor)
     return theta / theta.sum(-1, keepdim=True)
 
@@ -127,9 +132,10 @@ def derive_genotype(space, alphas):
 
 
 @torch.no_grad()
-def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
+def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
     model.eval()
-    weights, loss, correct, n = mixture_weights(alphas), 0.0, 0, 0
+    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)
         logits = model(x, weights)
@@ -143,32 +149,37 @@ def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = data.resolve_device(args.device)
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     # ALGO LOGIC: NB201 without `none`, as in the paper (the DARTS space keeps it, as GAEA PC-DARTS does)
     space = spaces.get_space(args.space, ops=[o for o in spaces.NB201_OPS if o != "none"] if args.space == "nb201" else None)
     paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=args.bilevel, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+        args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=args.bilevel,
+        seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
+        rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     arch_opt = ExponentiatedGradient(alphas.values(), args.arch_lr)  # ALGO LOGIC: EG replaces Adam
+    data.average_grads_before_step(arch_opt)  # torchrun: the global batch's gradient on every rank
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
     mode = "bilevel" if args.bilevel else "erm"
-    run_name = args.run_name or f"gaea_darts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"gaea_darts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "alphas": alphas, "opt": opt, "sched": sched, "arch_opt": arch_opt,
+             "augment_gen": gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
-        for (x, y), (xa, ya) in paired:
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
             # ALGO LOGIC: architecture step first, then weight step (GAEA keeps DARTS' order; no warm-up)
-            arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
+            with data.local_grads(model):  # torchrun: the weight gradients of this step are not needed
+                arch_loss, arch_acc = arch_step(model, alphas, arch_opt, xa, ya)
             train_loss, train_acc = weight_step(model, alphas, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v
@@ -178,21 +189,18 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_c10_test_200"))
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        run.end_epoch(state, metrics, mixture_weights(alphas))
 
-    test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
+    test_loss, test_acc = evaluate(model, mixture_weights(alphas), test_loader, test_augment, device)
     genotype = derive_genotype(space, alphas)
+    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, w, test_loader, test_augment, device), device)
     result = {"algorithm": "gaea_darts_erm", "bilevel": args.bilevel, "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
-              "search_time_s": time.time() - log.start,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
+              "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":

@@ -14,13 +14,34 @@ Order per step: architecture step on the architecture batch (after the warm-up e
 Genotype: W = op weight x edge weight, then the standard rule (DARTS: top-2 edges per node; NB201: argmax per edge).
 NAS-Bench-1Shot1 has no separate edge weights: its per-node input weights are the space's `in{b}` groups (and
 `out` for the output node); here they are treated as the edge weights (EG with --edge-lr, per-node renormalisation).
+1Shot1 settings (GAEA App. C.2 runs GAEA PC-DARTS there against 1Shot1's PC-DARTS): the values of GAEA's 1Shot1
+fork (liamcli/nasbench-1shot1, optimizers/epc_edarts/train_search.py) and of 1Shot1's pc_darts: 100 epochs, batch
+96, SGD 0.025 cosine to 0.001, 9 cells (3 per stack), warm-up 10 (eg; the fork's default) / 0 (softmax-adam, 1Shot1),
+Adam 3e-4 for the PC-DARTS baseline. DEVIATION: the fork takes the EG learning rates from the command line (its
+cluster script); the value used for App. C.2 is not in the repository, so eg keeps 0.1 (GAEA PC-DARTS on DARTS).
 
 Reproduce GAEA PC-DARTS (DARTS space, CIFAR-10, bilevel, 50 epochs, batch 256):
     python algos/gaea_pcdarts.py
 The PC-DARTS baseline in the same file:
     python algos/gaea_pcdarts.py --arch-update softmax-adam
-NAS-Bench-201 with the benchmark's accuracy of the derived cell each epoch:
+NAS-Bench-201 with the benchmark's accuracy of the derived cell each epoch; direct search on ImageNet16-120:
     python algos/gaea_pcdarts.py --space nb201 --batch-size 64 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+    python algos/gaea_pcdarts.py --space nb201 --batch-size 64 --dataset imagenet16-120 \
+        --split-file ../shared/data/nb201/splits/imagenet-16-120-test-split.txt.gz
+NAS-Bench-1Shot1 search space 3 (NB101 spec for train_eval.py --genotype):
+    python algos/gaea_pcdarts.py --space nb1shot1-3
+Search directly on ImageNet (PC-DARTS' protocol, GAEA's 24.0% top-1 setting; DIR/train is an ImageFolder), 8 GPUs:
+    torchrun --nproc_per_node 8 algos/gaea_pcdarts.py --dataset imagenet --data-dir DIR [--arch-update softmax-adam]
+  weights on 10% and architecture on 2.5% of every class (disjoint, seed 0: data.per_class_subsets; or --subset-files),
+  RandomResizedCrop 224 + flip, the stride-2 stems of PC-DARTS' model_search_imagenet.py, 8 cells, C=16, K=2, global
+  batch 1024, SGD lr 0.5 (5 warm-up epochs, then cosine), wd 3e-4, 50 epochs, architecture steps after epoch 35
+  (PC-DARTS Adam 6e-3, GAEA EG 0.1). Retrain: torchrun ... train_eval.py --genotype runs/<run>/genotype.json --dataset imagenet
+  DEVIATION: the official ImageNet search also clips the architecture gradient at norm 5 (its CIFAR search does not).
+  DEVIATION: the official 10% / 2.5% subsets were drawn once, offline, by an unreleased script; here a seeded draw.
+  DEVIATION: supernet_test_acc is taken on the architecture subset with Resize + CenterCrop (official: with the
+  training augmentation, in the last 3 epochs).
+Under torchrun the processes run ONE search (weights in DDP, architecture gradients averaged over the ranks, rank 0
+writes); --batch-size is the global batch.
 Offline quick start on the real CIFAR-10 subset:
     python algos/gaea_pcdarts.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 \
         --warmup-epochs 0 --train-subset 1024 --batch-size 64 --C 8 --layers 1
@@ -44,31 +65,41 @@ import data  # noqa: E402
 import spaces  # noqa: E402
 
 EG_CLAMP = 1e-5  # GAEA: op weights are clamped at this value before each row is renormalised
+# Weight-side defaults per dataset: GAEA / PC-DARTS CIFAR-10 search; PC-DARTS train_search_imagenet.py (8 V100s: batch
+# 1024 = 8 x 128, lr 0.5 with a 5-epoch linear warm-up, K = 2). `--arch-lr` / `--warmup-epochs` are set below.
+CIFAR = dict(partial_k=4, epochs=50, batch_size=256, lr=0.1, lr_min=0.0, lr_warmup_epochs=0, workers=None)
+ONESHOT = dict(CIFAR, epochs=100, batch_size=96, lr=0.025, lr_min=0.001)  # GAEA's 1Shot1 fork, 1Shot1's PC-DARTS
+IMAGENET = dict(CIFAR, partial_k=2, batch_size=1024, lr=0.5, lr_warmup_epochs=5, workers=8)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GAEA PC-DARTS search (defaults: the GAEA paper's CIFAR-10 search).")
     p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
-    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz"
+                   " | imagenet (ImageFolder DATA_DIR/train: PC-DARTS' ImageNet search and its defaults)")
+    p.add_argument("--subset-files", nargs=2, default=None, metavar=("WEIGHTS", "ARCH"), help="imagenet: image lists "
+                   "(paths relative to train/, one per line) instead of the seeded per-class 10%% / 2.5%% draw")
+    p.add_argument("--workers", type=data.nonneg_int, default=None, help="imagenet: loader processes per loader and rank (8)")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--arch-update", default="eg", choices=("eg", "softmax-adam"),
                    help="eg: GAEA (simplex weights, exponentiated gradient); softmax-adam: the PC-DARTS baseline")
-    p.add_argument("--partial-k", type=data.positive_int, default=4, help="K: 1/K of each edge's channels go through the ops")
+    p.add_argument("--partial-k", type=data.positive_int, default=None, help="K: 1/K of each edge's channels go through the ops (4; imagenet 2)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
     p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=data.positive_int, default=50, help="search epochs")
-    p.add_argument("--warmup-epochs", type=data.nonneg_int, default=None, help="epochs without architecture steps (default: eg 10, softmax-adam 15)")
-    p.add_argument("--batch-size", type=data.positive_int, default=256, help="batch size of both steps")
+    p.add_argument("--epochs", type=data.positive_int, default=None, help="search epochs (50; nb1shot1: 100)")
+    p.add_argument("--warmup-epochs", type=data.nonneg_int, default=None, help="epochs without architecture steps (eg 10, softmax-adam 15; nb1shot1: 0; imagenet 35)")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="global batch of both steps, split over torchrun's processes (256; nb1shot1: 96; imagenet 1024)")
     p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet (divisible by --partial-k)")
     p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=data.positive_float, default=0.1, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=data.nonneg_float, default=0.0, help="final learning rate of the cosine schedule")
+    p.add_argument("--lr", type=data.positive_float, default=None, help="SGD learning rate of the weights, cosine schedule (0.1; nb1shot1: 0.025; imagenet 0.5)")
+    p.add_argument("--lr-warmup-epochs", type=data.nonneg_int, default=None, help="weight lr x (e+1)/W in the first W epochs (0; imagenet 5)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=None, help="final learning rate of the cosine schedule (0; nb1shot1: 0.001)")
     p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
     p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
     p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--arch-lr", type=data.positive_float, default=None, help="architecture learning rate (default: eg 0.1, softmax-adam 6e-4)")
+    p.add_argument("--arch-lr", type=data.positive_float, default=None, help="architecture learning rate (eg 0.1; softmax-adam 6e-4, nb1shot1: 3e-4, imagenet 6e-3)")
     p.add_argument("--edge-lr", type=data.positive_float, default=None, help="eg only: EG learning rate of the edge weights (default 0.1)")
     p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=None, help="softmax-adam only: Adam betas (default 0.5 0.999)")
     p.add_argument("--arch-wd", type=data.nonneg_float, default=None, help="softmax-adam only: Adam weight decay (default 1e-3)")
@@ -77,8 +108,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: gaea_pcdarts_{arch_update}_{space}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    eg = args.arch_update == "eg"
+    eg, imagenet, oneshot = args.arch_update == "eg", args.dataset == "imagenet", args.space.startswith("nb1shot1")
+    for k, v in (IMAGENET if imagenet else ONESHOT if oneshot else CIFAR).items():  # defaults of the flags left unset
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
+    if imagenet and (args.space != "darts" or args.single_level or args.split_file or args.train_subset):
+        p.error("--dataset imagenet searches the DARTS space on per-class subsets (bilevel): no --space other than darts, "
+                "--single-level, --split-file or --train-subset")
+    if not imagenet and (args.subset_files or args.workers is not None):
+        p.error("--subset-files and --workers are for --dataset imagenet")
     data.check_search_args(args, p)
     if eg and (args.arch_betas is not None or args.arch_wd is not None):
         p.error("--arch-betas/--arch-wd configure Adam: they need --arch-update softmax-adam (EG has neither)")
@@ -88,12 +127,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     min_part = 2 if args.space == "darts" else 1
     if args.partial_k < 1 or args.C % args.partial_k or args.C // args.partial_k < min_part:
         p.error(f"--C {args.C} must be a multiple of --partial-k {args.partial_k} with C/K >= {min_part} on {args.space}")
-    args.arch_lr = args.arch_lr if args.arch_lr is not None else (0.1 if eg else 6e-4)
+    # ALGO LOGIC: ImageNet: PC-DARTS Adam 6e-3 (train_search_imagenet.py); GAEA keeps EG 0.1 (GAEA App. C, per the issue)
+    args.arch_lr = args.arch_lr if args.arch_lr is not None else (0.1 if eg else 6e-3 if imagenet else 3e-4 if oneshot else 6e-4)
     args.edge_lr = args.edge_lr if args.edge_lr is not None else (0.1 if eg else None)
     args.arch_betas = tuple(args.arch_betas) if args.arch_betas is not None else (None if eg else (0.5, 0.999))
     args.arch_wd = args.arch_wd if args.arch_wd is not None else (None if eg else 1e-3)
-    # DEVIATION: GAEA's release has no warm-up; the issue asks for 10 warm-up epochs for GAEA (PC-DARTS uses 15).
-    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (10 if eg else 15)
+    # DEVIATION: 10 warm-up epochs for GAEA, as GAEA's App. C.1.1 states (and the 1Shot1 fork's default); its DARTS-space
+    # release (cnn/, eedarts) has none. PC-DARTS: 15 (its code); 1Shot1's PC-DARTS: 0; ImageNet: 35 (PC-DARTS' protocol).
+    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (35 if imagenet else 10 if eg else 0 if oneshot else 15)
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}): otherwise no architecture step runs")
     return args
@@ -257,50 +298,47 @@ def derive_genotype(space, alphas, edges, layout, mode):
     return space.derive(combined_weights(space, alphas, edges, layout, mode))
 
 
-@torch.no_grad()
-def evaluate(model, space, op_w, edge_w, loader, augment, device) -> tuple[float, float]:
-    model.eval()
-    loss, correct, n = 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = forward(model, space, x, op_w, edge_w)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
-    device = data.resolve_device(args.device)
+    rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
-    paired, test_loader, info = data.search_loaders(
-        args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
-        train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
+    batch, imagenet = data.per_rank_batch(args.batch_size, world), args.dataset == "imagenet"
+    if imagenet:  # PC-DARTS: 10% of every class for the weights, 2.5% for the architecture, loader workers
+        paired, test_loader, info = data.imagenet_search_loaders(
+            args.data_dir, batch, args.seed, args.workers, rank, world, subset_files=args.subset_files,
+            pin_memory=device.type == "cuda")
+    else:
+        paired, test_loader, info = data.search_loaders(
+            args.dataset, args.data_dir, batch, bilevel=not args.single_level, seed=args.seed, rank=rank, world=world,
+            train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     edge = functools.partial(PartialChannelEdge, k=args.partial_k)
-    model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=edge).to(device)
+    stem = {"stem": "imagenet"} if imagenet else {}  # PC-DARTS ImageNet: three stride-2 convolutions, 224 -> 28 px
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=edge, **stem).to(device), device)
     mode, layout = args.arch_update, edge_layout(space)
     alphas, edges = init_arch(space, mode, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
+    sched = data.cosine_schedule(opt, args.epochs, args.lr_min, args.lr_warmup_epochs)
     arch_opt = make_arch_optimizer(args, alphas, edges, layout)
+    data.average_grads_before_step(arch_opt)  # torchrun: the global batch's gradient on every rank
     gen = torch.Generator().manual_seed(args.seed)
-    augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
-    run_name = args.run_name or f"gaea_pcdarts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}"
-    log = data.RunLogger(args.out_dir, run_name, vars(args))
-    for epoch in range(1, args.epochs + 1):
+    run = data.SearchRun(args, f"gaea_pcdarts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
+    state = {"model": model, "alphas": alphas, "edges": edges, "opt": opt, "sched": sched, "arch_opt": arch_opt,
+             "augment_gen": gen, "data_order": paired}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
         search = epoch > args.warmup_epochs  # ALGO LOGIC: warm-up epochs train the weights only
-        for (x, y), (xa, ya) in paired:
+        for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
             if search:  # ALGO LOGIC: architecture step first, then weight step (PC-DARTS' and GAEA's order)
-                arch_loss, arch_acc = arch_step(model, space, alphas, edges, layout, mode, arch_opt, xa, ya)
+                with data.local_grads(model):  # torchrun: the weight gradients of this step are not needed
+                    arch_loss, arch_acc = arch_step(model, space, alphas, edges, layout, mode, arch_opt, xa, ya)
                 sums["arch_loss"], sums["arch_acc"] = sums["arch_loss"] + arch_loss, sums["arch_acc"] + arch_acc
             train_loss, train_acc = weight_step(model, space, alphas, edges, layout, mode, opt, x, y, args.grad_clip)
             sums["train_loss"], sums["train_acc"] = sums["train_loss"] + train_loss, sums["train_acc"] + train_acc
@@ -310,30 +348,24 @@ def main(argv=None) -> dict:
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in keep.items()}, "arch_steps": len(paired) if search else 0,
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update(mean_entropy(*fixed_weights(alphas, edges, layout, mode), layout))
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
-        log.log(metrics)
-        log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "arch_acc", "entropy_normal", "entropy_ops",
-                                                   "oracle_c10_test_200"))
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        run.end_epoch(state, metrics, combined_weights(space, alphas, edges, layout, mode))
 
     op_w, edge_w = fixed_weights(alphas, edges, layout, mode)
-    test_loss, test_acc = evaluate(model, space, op_w, edge_w, test_loader, test_augment, device)
+    arch = ({**op_w, **edge_w},) if isinstance(space, spaces.NB1Shot1Space) else (op_w, edge_w)  # as forward()
+    test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, *arch)
     # DEVIATION: the final genotype is reported (as darts.py); GAEA's bilevel runs pick the best-validation epoch's,
     # which metrics.jsonl allows (one genotype per epoch).
     genotype = derive_genotype(space, alphas, edges, layout, mode)
+    gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell, same weights
+        model, test_loader, test_augment, device, w, {g: v.sum(-1) for g, v in w.items()}), device)
     result = {"algorithm": "gaea_pcdarts" if mode == "eg" else "pcdarts", "search_space": args.space,
               "genotype": genotype.to_json(), "genotype_str": str(genotype), "arch_update": mode,
-              "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, "search_time_s": time.time() - log.start,
+              "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap, "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()},
               "edges": {g: e.detach().cpu().tolist() for g, e in edges.items()}}
-    log.write_json("genotype.json", result)
-    log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
-    print(f"genotype: {genotype}\nresults in {log.path}")
-    return {**result, "run_dir": str(log.path)}
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        sys.exit(f"error: {err}")
+    data.cli(main)

@@ -12,6 +12,12 @@ Benchmarks:
         The paper's claim as set for this repository: >= 5x at 7 ops, >= 10x at 12 ops. NASP's cost depends on
         its child: the target is checked on random children (A ~ U[0, 1], 3 seeds, median of their medians); the
         "largest child" rows (the op with the most parameters on every kept edge) are shown for information.
+  nasp-table5  NASP's Table 5, side by side in one run, per op set (7 and 12): DARTS vs NASP per search step --
+        A-update first order (darts.arch_step vs nasp.arch_step + prox_C2 with NaspEdge), A-update second order
+        (darts.unrolled_arch_step, DARTS only), w-update forward and backward (+ clip + SGD) timed separately, and
+        the total search step (DARTS 1st, DARTS 2nd, NASP) as the sum of its parts' medians. NASP runs one random
+        child (A ~ U[0, 1], --seed). Printed beside the paper's ratios and per-epoch seconds (where known);
+        targets from issue 10 (CPU, 1 thread).
   xautodl  Our NB201 supernet weight step against the established implementation (xautodl's TinyNetworkDarts and
         TinyNetworkGDAS, an optional dependency: skipped with a message when absent) at NB201's search size
         (--nb201-C 16, --nb201-N 5, same batch). Targets: ours <= 0.8x their time (DARTS), <= 0.9x (GDAS).
@@ -25,6 +31,7 @@ Usage:
     python benchmarks/speed.py                    # all benchmarks: batch 64, C=16, 8 cells, 32 px, CPU, 7 rounds
     python benchmarks/speed.py --quick            # 3 rounds
     python benchmarks/speed.py --only nasp --threads 2 --json speed.json
+    python benchmarks/speed.py --only nasp-table5 --threads 1 --repeats 2 --warmup 0
 Prints the machine and library versions first. Exit status 1 with --strict when a target is missed.
 """
 from __future__ import annotations
@@ -82,6 +89,8 @@ class Row:
     ratio: float  # baseline median / candidate median: the candidate's speed-up
     target: float | None  # minimum ratio claimed; None = for information
     detail: dict = field(default_factory=dict)  # median ms of every contender timed with this row
+    paper: float | None = None  # the paper's ratio for this row, where it has one
+    note: str = ""  # printed after the row (e.g. the paper's per-epoch seconds)
 
     @property
     def ok(self) -> bool | None:
@@ -112,17 +121,25 @@ def _sync(device: str) -> None:
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                       device: str = "cpu", order_log: list | None = None) -> dict[str, list[float]]:
     """Seconds per call of every callable: `warmup` untimed calls each, then `repeats` rounds, each round calling
-    every callable once, the order rotated by one per round. `order_log` (if given) receives the call order."""
+    every callable once, the order rotated by one per round. `order_log` (if given) receives the call order.
+    A (setup, fn) pair instead of a callable: setup() runs untimed right before each timed fn()."""
     names = list(fns)
+    pairs = {name: fn if isinstance(fn, tuple) else (None, fn) for name, fn in fns.items()}
     for _ in range(warmup):
         for name in names:
-            fns[name]()
+            setup, fn = pairs[name]
+            if setup is not None:
+                setup()
+            fn()
     times = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            setup, fn = pairs[name]
+            if setup is not None:
+                setup()
             _sync(device)
             t = time.perf_counter()
-            fns[name]()
+            fn()
             _sync(device)
             times[name].append(time.perf_counter() - t)
             if order_log is not None:
@@ -203,6 +220,107 @@ def bench_nasp(cfg: BenchConfig, op_sets=(7, 12), children: int = 3) -> list[Row
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- nasp-table5
+# NASP Table 5 (DARTS-space search, CIFAR-10, GPU): ratios DARTS / NASP as issue 10 quotes them; per-epoch seconds
+# only where the issue gives them. Targets: issue 10, for this benchmark on CPU with 1 thread.
+TABLE5 = {  # column: (paper 7 ops, paper 12 ops, target 7 ops, target 12 ops)
+    "A-update 1st order": (1.53, 1.61, 2.0, 2.0),
+    "A-update 2nd order": (None, None, None, None),  # DARTS 2nd-order A-update / NASP's (no paper ratio)
+    "w-update forward": (4.1, 5.8, 4.1, 5.8),
+    "w-update backward": (5.2, 19.5, 5.2, 10.0),
+    "total vs DARTS 1st": (2.3, 2.8, 2.5, 3.0),
+    "total vs DARTS 2nd": (4.9, 6.3, 6.0, 8.0),
+}
+TABLE5_SECONDS = {("A-update 1st order", 7): (270, 176), ("A-update 1st order", 12): (489, 303)}  # DARTS, NASP
+STEPS_PER_EPOCH = 391  # 25k training images (the bilevel half of CIFAR-10) / batch 64
+
+
+def table5_fns(space, cfg: BenchConfig, A: dict[str, torch.Tensor]) -> dict[str, object]:
+    """The contenders of one op set: each a callable or a (setup, timed) pair (interleaved_times). DARTS on the
+    softmax supernet, NASP on a NaspEdge supernet of the same size, each through its algos file's functions; the
+    w-update forward is the weight step's forward + loss (graph kept, as the step builds it), its backward the rest
+    of the weight step (backward, clip 5, SGD) after an untimed forward."""
+    dev = cfg.device
+    torch.manual_seed(cfg.seed)
+    d_model = space.supernet(cfg.C, cfg.layers, cfg.num_classes).to(dev)
+    alphas = darts.init_alphas(space, dev)
+    d_arch_opt = torch.optim.Adam(alphas.values(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    d_opt = _sgd(d_model)
+    torch.manual_seed(cfg.seed)
+    n_model = space.supernet(cfg.C, cfg.layers, cfg.num_classes, edge=nasp.NaspEdge).to(dev)
+    A = {g: torch.nn.Parameter(a.detach().clone()) for g, a in A.items()}
+    n_arch_opt = torch.optim.Adam(A.values(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    n_opt, keep, rel_size = _sgd(n_model), nasp.edges_kept(space), nasp.size_weights(space, dev)
+    abar = nasp.discretize(A, space.node_slices, keep)  # the child of the w-update rows (fixed)
+    (x, y), (xa, ya) = _batch(cfg, torch.Generator().manual_seed(cfg.seed)), _batch(cfg, torch.Generator().manual_seed(cfg.seed + 1))
+    graph = {}
+
+    def d_forward():
+        with torch.no_grad():
+            weights = darts.mixture_weights(alphas)
+        return F.cross_entropy(d_model(x, weights), y)
+
+    def n_forward():
+        return F.cross_entropy(n_model(x, nasp.child_specs(abar)), y)
+
+    def setup(model, opt, forward):
+        def run():
+            opt.zero_grad(set_to_none=True)
+            graph["loss"] = forward()
+        return run
+
+    def backward(model, opt):
+        def run():
+            graph.pop("loss").backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+        return run
+
+    def nasp_a_update():
+        nasp.arch_step(n_model, A, n_arch_opt, xa, ya, space.node_slices, rel_size, 0.0, keep)
+        nasp.prox_c2_(A)
+        return nasp.discretize(A, space.node_slices, keep)  # A_bar for the next weight step (part of the step)
+
+    return {
+        "darts_A1": lambda: darts.arch_step(d_model, alphas, d_arch_opt, xa, ya),
+        "darts_A2": lambda: darts.unrolled_arch_step(d_model, alphas, d_arch_opt, d_opt, x, y, xa, ya,
+                                                     d_opt.param_groups[0]["lr"]),
+        "nasp_A": nasp_a_update,
+        "darts_wf": d_forward,
+        "darts_wb": (setup(d_model, d_opt, d_forward), backward(d_model, d_opt)),
+        "nasp_wf": n_forward,
+        "nasp_wb": (setup(n_model, n_opt, n_forward), backward(n_model, n_opt)),
+    }
+
+
+def table5_rows(n_ops: int, med: dict[str, float]) -> list[Row]:
+    """Rows of one op set from the contenders' median ms; totals = A-update + w-forward + w-backward."""
+    med = {**med, "darts_T1": med["darts_A1"] + med["darts_wf"] + med["darts_wb"],
+           "darts_T2": med["darts_A2"] + med["darts_wf"] + med["darts_wb"],
+           "nasp_T": med["nasp_A"] + med["nasp_wf"] + med["nasp_wb"]}
+    pairs = {"A-update 1st order": ("darts_A1", "nasp_A"), "A-update 2nd order": ("darts_A2", "nasp_A"),
+             "w-update forward": ("darts_wf", "nasp_wf"), "w-update backward": ("darts_wb", "nasp_wb"),
+             "total vs DARTS 1st": ("darts_T1", "nasp_T"), "total vs DARTS 2nd": ("darts_T2", "nasp_T")}
+    rows = []
+    for column, (base, cand) in pairs.items():
+        paper7, paper12, target7, target12 = TABLE5[column]
+        ours_s = f"ours {med[base] * STEPS_PER_EPOCH / 1000:.0f} / {med[cand] * STEPS_PER_EPOCH / 1000:.0f} s per epoch"
+        paper_s = TABLE5_SECONDS.get((column, n_ops))
+        note = ours_s + (f"; paper {paper_s[0]} / {paper_s[1]} s" if paper_s else "")
+        rows.append(Row("table5", f"{n_ops} ops {column}", base, cand, med[base], med[cand], med[base] / med[cand],
+                        target7 if n_ops == 7 else target12, med, paper7 if n_ops == 7 else paper12, note))
+    return rows
+
+
+def bench_nasp_table5(cfg: BenchConfig, op_sets=(7, 12)) -> list[Row]:
+    """NASP Table 5 per op set: all seven contenders of table5_fns interleaved; see the module docstring."""
+    rows = []
+    for n_ops in op_sets:
+        space = nasp.nasp_space(n_ops)
+        fns = table5_fns(space, cfg, random_arch(space, cfg.seed, cfg.device))
+        med = {k: median_ms(v) for k, v in interleaved_times(fns, cfg.repeats, cfg.warmup, cfg.device).items()}
+        rows += table5_rows(n_ops, med)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- xautodl
@@ -340,6 +458,7 @@ def bench_memory(cfg: BenchConfig) -> list[Row]:
 
 BENCHMARKS: dict[str, Callable[[BenchConfig], list[Row]]] = {
     "nasp": bench_nasp,
+    "nasp-table5": bench_nasp_table5,
     "xautodl": bench_xautodl,
     "single_path": bench_single_path,
     "memory": bench_memory,
@@ -371,13 +490,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def format_rows(rows: list[Row]) -> str:
-    head = f"{'benchmark':<10} {'case':<26} {'baseline ms':>12} {'candidate ms':>13} {'ratio':>7} {'target':>7}  ok"
+    width = max([26] + [len(r.case) for r in rows])
+    head = f"{'benchmark':<10} {'case':<{width}} {'baseline ms':>12} {'candidate ms':>13} {'ratio':>7} {'target':>7}  ok"
+    papers = any(r.paper is not None or r.note for r in rows)
+    head += "   paper  note" if papers else ""
     lines = [head, "-" * len(head)]
     for r in rows:
         target = "-" if r.target is None else f">={r.target:.2f}x"
         ok = "-" if r.ok is None else ("yes" if r.ok else "NO")
-        lines.append(f"{r.benchmark:<10} {r.case:<26} {r.baseline_ms:>12.1f} {r.candidate_ms:>13.1f} "
-                     f"{r.ratio:>6.1f}x {target:>7}  {ok}")
+        line = (f"{r.benchmark:<10} {r.case:<{width}} {r.baseline_ms:>12.1f} {r.candidate_ms:>13.1f} "
+                f"{r.ratio:>6.1f}x {target:>7}  {ok:<3}")
+        if papers:
+            line += f" {'-' if r.paper is None else f'{r.paper:.2f}x':>6}  {r.note}"
+        lines.append(line.rstrip())
     details = []
     for r in rows:
         if r.detail and r.detail not in details:

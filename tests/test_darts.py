@@ -26,7 +26,7 @@ def test_smoke_every_space_writes_all_outputs(run, tmp_path, space):
     layers = ["--layers", "3"] if space == "darts" else ["--layers", "1"]
     res = run(tmp_path, "--space", space, *layers)
     run = Path(res["run_dir"])
-    assert {p.name for p in run.iterdir()} == {"args.json", "metrics.jsonl", "genotype.json", "cell.dot"}
+    assert {p.name for p in run.iterdir()} == {"args.json", "metrics.jsonl", "genotype.json", "cell.dot", "checkpoint.pt"}
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert all(k in metrics[-1] for k in ("train_loss", "train_acc", "arch_loss", "arch_acc", "genotype"))

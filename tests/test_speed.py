@@ -37,3 +37,23 @@ def test_xautodl_rows_or_a_clean_skip(speed, capsys):
 def test_every_benchmark_is_listed_in_the_docstring(speed):
     for name in speed.BENCHMARKS:
         assert f"\n  {name}" in speed.__doc__
+
+
+def test_nasp_table5_rows_totals_are_sums_of_parts(speed):
+    rows = speed.main(TINY + ["--only", "nasp-table5", "--layers", "3", "--image-size", "8"])
+    assert [r.case for r in rows[:6]] == [f"7 ops {c}" for c in speed.TABLE5] and len(rows) == 12
+    for r in rows:
+        d = r.detail
+        assert d["darts_T2"] == pytest.approx(d["darts_A2"] + d["darts_wf"] + d["darts_wb"])
+        assert d["nasp_T"] == pytest.approx(d["nasp_A"] + d["nasp_wf"] + d["nasp_wb"])
+        assert r.ratio == pytest.approx(r.baseline_ms / r.candidate_ms)
+    assert rows[0].paper == pytest.approx(1.53) and rows[0].target == 2.0 and "paper 270 / 176 s" in rows[0].note
+    assert rows[-3].target == 10.0 and rows[1].target is None
+
+
+def test_interleaved_setup_runs_untimed_before_each_call(speed):
+    calls = []
+    fns = {"a": (lambda: calls.append("setup"), lambda: calls.append("a")), "b": lambda: calls.append("b")}
+    times = speed.interleaved_times(fns, repeats=2, warmup=1)
+    assert calls == ["setup", "a", "b", "setup", "a", "b", "b", "setup", "a"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}

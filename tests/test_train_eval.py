@@ -205,16 +205,16 @@ def test_resume_equals_uninterrupted_run(tiny_npz, tmp_path, monkeypatch):
     common = tiny(tiny_npz, tmp_path, "--genotype", "DARTS_V2", "--epochs", "2")
     straight = train_eval.main([*common, "--run-name", "straight"])
 
-    real_save = train_eval.save_checkpoint
+    real_save = data.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         if state["epoch"] == 1:
             raise _Killed
-    monkeypatch.setattr(train_eval, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(data, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
         train_eval.main([*common, "--run-name", "killed"])
-    monkeypatch.setattr(train_eval, "save_checkpoint", real_save)
+    monkeypatch.setattr(data, "save_checkpoint", real_save)
     torch.manual_seed(12345)  # the resumed process's global RNG must not matter
     resumed = train_eval.main(["--resume", str(tmp_path / "killed")])
 
@@ -246,14 +246,14 @@ def test_resume_refuses_other_genotype_or_settings(tiny_npz, tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    train_eval.save_checkpoint(path, {"epoch": 1})
+    data.save_checkpoint(path, {"epoch": 1})
 
     def torn_save(obj, f):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError):
-        train_eval.save_checkpoint(path, {"epoch": 2})
+        data.save_checkpoint(path, {"epoch": 2})
     assert torch.load(path, weights_only=True) == {"epoch": 1} and os.listdir(tmp_path) == ["checkpoint.pt"]
 
 
