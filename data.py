@@ -73,8 +73,8 @@ class DataInfo:
     mean: tuple  # per channel, [0, 1] units
     std: tuple
     crop_pad: int  # 4 for 32 px data, 2 for 16 px ImageNet16
-    channels: int = 3  # input channels of the images: the stem of every network takes this many
     loader_augments: bool = False  # ImageFolder data: crop and flip happen in the loader, Augment only normalises
+    channels: int = 3  # input channels of the images: the stem of every network takes this many
 
 
 def _info(name: str, num_classes: int, image_size: int, mean255, std255) -> DataInfo:
@@ -581,9 +581,9 @@ TEST_SPLIT_KEYS = ("xvalid", "xtest")  # NB201's halves of the test (validation)
 
 
 def _check_indices(idx: np.ndarray, n: int, split_file, what: str) -> np.ndarray:
-    if not len(idx):
-        raise DataError(f"{split_file}: a split is empty (each needs indices into the {what})")
-    if (idx.max() >= n or idx.min() < 0):
+    if len(idx) == 0:
+        raise DataError(f"{split_file}: a split for the {what} is empty")
+    if idx.max() >= n or idx.min() < 0:
         raise DataError(f"{split_file} indexes up to {idx.max()} but the {what} has {n} images (the split file needs "
                         f"the full dataset; a partial .npz or --train-subset cannot use it)")
     return idx
@@ -778,7 +778,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # the usual permissions (mkstemp creates 0600)
         os.replace(tmp, path)
     finally:  # interrupted (Ctrl-C, an error) before the rename: leave no half-written file behind
         Path(tmp).unlink(missing_ok=True)
@@ -1164,7 +1164,7 @@ def under_torchrun() -> bool:
 def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """(rank, world size, this process's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
     the ranks use GPUs (device `auto` with CUDA present, or `cuda...`: rank r gets cuda:LOCAL_RANK), else gloo on CPU.
-    One process: (0, 1, the device asked for; `auto` = cuda if available)."""
+    One process: (0, 1, resolve_device(device): `auto` = cuda if available; a device that is not here is refused)."""
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not under_torchrun():
         return 0, 1, resolve_device(device)

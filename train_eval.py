@@ -349,7 +349,7 @@ def load_checkpoint(run_dir: str) -> dict:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ResumeError(f"no checkpoint to resume at {path}")
-    ckpt = data.load_checkpoint(path)
+    ckpt = data.load_checkpoint(path)  # a torn or foreign file: one error line
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
         raise ResumeError(f"{path} is not a train_eval.py checkpoint (missing its keys)")
     return ckpt

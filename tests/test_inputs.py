@@ -34,7 +34,7 @@ SEARCH = ("darts", "gaea_darts_erm", "gaea_pcdarts", "xnas", "gaea_gdas", "nasp"
 CLIS = SEARCH + ("train_eval",)
 NB201_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|"
 TINY = ["--C", "4", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
-EXTRA = {"gaea_pcdarts": ["--warmup-epochs", "0"], "gaea_gdas": ["--warmup-epochs", "0"]}  # default warm-ups exceed 1 epoch
+EXTRA = {"gaea_pcdarts": ["--warmup-epochs", "0"], "gaea_gdas": ["--warmup-epochs", "0"]}  # default warm-ups (10, 50) exceed one epoch
 # what a defect looks like in-process (the refusals are subclasses of RuntimeError / ValueError: caught before these)
 UNEXPECTED = (ArithmeticError, AssertionError, AttributeError, LookupError, OSError, RuntimeError, TypeError,
               ValueError)
