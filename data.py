@@ -306,9 +306,9 @@ def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tuple[dict, int]:
     """Validates and normalises {'x_train','y_train','x_test','y_test'} for every dataset: uint8 NHWC images of one
     square size >= MIN_IMAGE_SIZE (layouts and dtypes as _to_nhwc / _to_uint8 accept), one label each, labels
-    0..K-1. K = num_classes when given, else the largest label + 1, refused when fewer than half of 0..K-1 occur in
-    train and test (a stray label would otherwise build a network with thousands of empty classes). Returns
-    (arrays, K)."""
+    0..K-1. K = num_classes when given, else max(y_train) + 1, and at least half of the classes 0..K-1 must occur in
+    y_train (a subset may miss a few; a stray label would build a network of thousands of empty classes).
+    Returns (arrays, K)."""
     out = {}
     for split in ("train", "test"):
         x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
@@ -322,15 +322,16 @@ def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tu
         raise DataError(f"{where}: train images are {shape} (H, W, C), test images {test_shape}; they must match")
     if shape[0] != shape[1] or shape[0] < MIN_IMAGE_SIZE:
         raise DataError(f"{where}: images are {shape[0]}x{shape[1]} px; square images of >= {MIN_IMAGE_SIZE} px needed")
-    present = np.unique(np.concatenate([out["y_train"], out["y_test"]]))
+    present = np.unique(out["y_train"])
     if num_classes is None:
         # a small subset may miss a class or two; a stray label (100000 among 0..9) leaves most classes empty
         num_classes = int(present[-1]) + 1
         if 2 * len(present) < num_classes:
             raise DataError(f"{where}: labels go up to {num_classes - 1} but only {len(present)} of the classes "
-                            f"0..{num_classes - 1} occur; labels must be 0..K-1 (a stray label?)")
-    elif present[-1] >= num_classes:
-        raise DataError(f"{where}: label {present[-1]} does not exist (the dataset has classes 0..{num_classes - 1})")
+                            f"0..{num_classes - 1} occur; labels must be 0..K-1 with most classes present")
+    top = max(int(present[-1]), int(out["y_test"].max()))
+    if top >= num_classes:
+        raise DataError(f"{where}: label {top} does not exist (the dataset has classes 0..{num_classes - 1})")
     if out["x_train"].min() == out["x_train"].max():
         raise DataError(f"{where}: every training pixel is {out['x_train'].flat[0]}; there is nothing to learn")
     return out, num_classes
@@ -849,7 +850,7 @@ def add_run_args(p) -> None:
                    "(same settings; the default run name is used when --run-name is not given)")
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT_DIR/RUN_NAME/tb/ "
                    "(needs `pip install tensorboard`)")
-    p.add_argument("--log-every", type=int, default=50, help="TensorBoard: log the running training losses every N steps")
+    p.add_argument("--log-every", type=positive_int, default=50, help="TensorBoard: log the running training losses every N steps")
     p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True), cuDNN "
                    "benchmark off, CUBLAS_WORKSPACE_CONFIG set: bit-reproducible GPU runs, somewhat slower")
 

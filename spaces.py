@@ -297,8 +297,8 @@ class DartsSearchCell(nn.Module):
 
 
 class DartsSupernet(nn.Module):
-    """DARTS search network: stem (in_channels -> 3C) -> `layers` cells, reductions at layers//3 and 2*layers//3 -> GAP -> linear.
-    forward(x, arch, edge_weights=None): arch = {"normal": specs[14], "reduce": specs[14]}, optional
+    """DARTS search network: stem (in_channels -> 3C) -> `layers` cells, reductions at layers//3 and 2*layers//3
+    -> GAP -> linear. forward(x, arch, edge_weights=None): arch = {"normal": specs[14], "reduce": specs[14]}, optional
     edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation).
     stem "cifar": 3x3 conv + BN at full resolution (s0 = s1). stem "imagenet" (PC-DARTS model_search_imagenet.py):
     stem0 = 3x3 stride-2 conv to 3C/2, BN, ReLU, 3x3 stride-2 conv to 3C, BN; stem1 = ReLU, 3x3 stride-2 conv, BN;

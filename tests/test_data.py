@@ -193,8 +193,8 @@ def test_nb201_cifar_split():
 
 
 def _indexed_images(n: int) -> np.ndarray:
-    """n 8x8 images (the smallest size data.py accepts) whose first pixel encodes the image's index (i % 256,
-    i // 256, 0)."""
+    """n 8x8 images (the smallest data.load_arrays accepts) whose first pixel encodes the image's index
+    (i % 256, i // 256, 0)."""
     x = np.zeros((n, 8, 8, 3), np.uint8)
     x[:, 0, 0, 0], x[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
     return x
