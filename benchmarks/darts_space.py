@@ -24,7 +24,7 @@ error, params, search cost, the papers' numbers beside; and the discretisation c
 The papers' setting (GPU; 5 searches, 5 x 600-epoch selections, 10 x 600-epoch final trainings per cell):
     python benchmarks/darts_space.py --references DARTS_V2 PC_DARTS random:3
     python benchmarks/darts_space.py --arch-update softmax-adam --references DARTS_V2 PC_DARTS random:3
-CPU budget on the CIFAR-10 subset (see MINI below; measured: 41 min with the 10 reference trainings, then 17 min for
+CPU budget on the CIFAR-10 subset (see MINI below; measured: 41 min with the 10 reference trainings, then 12 min for
 the second algorithm, which reuses them; one process at a time on a core shared with other work):
     python benchmarks/darts_space.py --mini --threads 1 --references DARTS_V2 PC_DARTS random:3
 Pipeline check (tiny synthetic data, < 3 min):  python benchmarks/darts_space.py --quick
@@ -466,8 +466,8 @@ def render_table(rows: list[dict], protocol: str) -> str:
             lines.append(f"| {r['cell']} | {r['seed']} | {100 * float(r['valid_acc']):.2f} | {'yes' if chosen else ''} |")
     gaps = gap_rows(rows)
     if gaps:
-        lines += ["", "Discretisation check (GAEA Sec. 4.1): supernet accuracy (%) on the held-out set at the end of "
-                  "each search, with its continuous architecture weights and with the derived discrete cell (same "
+        lines += ["", "Discretisation check (GAEA Sec. 4.1): supernet accuracy (%) at the end of each search on the "
+                  "algos file's evaluation set (the dataset's test set; GAEA reports its validation split), with its continuous architecture weights and with the derived discrete cell (same "
                   "shared weights, no retraining).", "",
                   "| Search | searches | continuous | discrete | paper: continuous | paper: discrete |", "|" + "---|" * 6]
         for g in gaps:
