@@ -275,7 +275,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        sys.exit(f"error: {err}")
+    data.cli(main)
