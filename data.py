@@ -13,10 +13,14 @@ Conventions (NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `util
   `data` rows are 3*16*16 channel-major uint8, `labels` are 1-based; ImageNet16-120 keeps labels 1..120
   (target = label - 1): 151,700 train / 6,000 val images.
 - NB201 split files (`configs/nas-benchmark/*.txt`): JSON `{name: ["int", ["0", "5", ...]]}`; `cifar-split.txt`
-  holds train/valid, 25k + 25k indices into the CIFAR-10 training set.
+  holds train/valid, 25k + 25k indices into the CIFAR-10 training set; `cifar100-test-split.txt` and
+  `imagenet-16-120-test-split.txt` hold xvalid/xtest, 5k + 5k (3k + 3k) indices into the test (validation) set.
 - Search data (GAEA `train_utils.py`, DARTS `train_search.py`): single-level (ERM) draws weight and architecture
   batches from the whole training set; bilevel uses the first `train_portion` for weights, the rest for the
-  architecture (or an NB201 split file). Both get train-time augmentation.
+  architecture, or an NB201 split file: train/valid halves of the training set (CIFAR-10), or NB201's direct search
+  on CIFAR-100 / ImageNet16-120 (AutoDL `get_nas_search_loaders`): weights on the whole training set, architecture
+  on the `xvalid` half of the test set, and the supernet's test accuracy on the `xtest` half. All search batches get
+  train-time augmentation (the NB201 loaders give the valid images the train transform too).
 """
 from __future__ import annotations
 
@@ -313,6 +317,31 @@ class Augment:
         return self._cutout(x) if self.train and self.cutout > 0 else x
 
 
+# -------------------------------------------------------------------------------------------- arguments
+def add_common_args(p) -> None:
+    """The flags every search script has and none tunes: data, split, oracle table, seed, device, output."""
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
+    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
+    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion: cifar-split.txt "
+                   "(CIFAR-10 train/valid halves) or cifar100- / imagenet-16-120-test-split.txt (direct search: weights on "
+                   "the whole training set, architecture on the test set's xvalid half)")
+    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--seed", type=int, default=2, help="random seed")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
+
+
+def cli(main) -> None:
+    """Run a search script's main(); bad input ends with one `error: ...` line and a non-zero exit."""
+    import spaces  # imported here: spaces does not depend on data
+    try:
+        main()
+    except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 # ----------------------------------------------------------------------------------------------- search
 def read_split_file(path) -> dict[str, np.ndarray]:
     """Reads an NB201 split file (`{name: ["int", ["0", "5", ...]]}`, plain or .gz) into {name: int64 indices}."""
@@ -327,26 +356,37 @@ def read_split_file(path) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is not an NB201 split file ({{name: ['int', [indices]]}}): {e}") from e
 
 
+TEST_SPLIT_KEYS = ("xvalid", "xtest")  # NB201's halves of the test (validation) set: direct search on c100 / in16
+
+
+def _check_indices(idx: np.ndarray, n: int, split_file, what: str) -> np.ndarray:
+    if len(idx) and (idx.max() >= n or idx.min() < 0):
+        raise DataError(f"{split_file} indexes up to {idx.max()} but the {what} has {n} images (the split file needs "
+                        f"the full dataset; a partial .npz or --train-subset cannot use it)")
+    return idx
+
+
 def search_split(n_train: int, bilevel: bool, train_portion: float = 0.5, split_file: str | None = None,
                  split_keys=("train", "valid")) -> tuple[np.ndarray, np.ndarray]:
-    """Indices for (weight-step data, architecture-step data). Single-level (ERM): both are all indices.
-    Bilevel: NB201's split file when given (indices into the full training set), else the first `train_portion`
-    of the training set for the weights and the rest for the architecture (DARTS)."""
+    """Indices into the training set for (weight-step data, architecture-step data). Single-level (ERM): both are all
+    indices. Bilevel: NB201's train/valid split file when given, else the first `train_portion` of the training set
+    for the weights and the rest for the architecture (DARTS). (xvalid/xtest files: see `test_split`.)"""
     if not bilevel:
         return np.arange(n_train), np.arange(n_train)
     if split_file is not None:
         splits = read_split_file(split_file)
         if any(k not in splits for k in split_keys):
             raise DataError(f"{split_file} has keys {sorted(splits)}, not {list(split_keys)}")
-        w_idx, a_idx = splits[split_keys[0]], splits[split_keys[1]]
-        if max(w_idx.max(), a_idx.max()) >= n_train:
-            raise DataError(f"{split_file} indexes up to {max(w_idx.max(), a_idx.max())} but the training set has "
-                            f"{n_train} images (it needs the full dataset, without --train-subset)")
-        return w_idx, a_idx
+        return tuple(_check_indices(splits[k], n_train, split_file, "training set") for k in split_keys[:2])
     split = int(np.floor(train_portion * n_train))
     if not 0 < split < n_train:
         raise DataError(f"train_portion {train_portion} of {n_train} images leaves one side of the split empty")
     return np.arange(split), np.arange(split, n_train)
+
+
+def test_split(splits: dict, n_test: int, split_file) -> tuple[np.ndarray, np.ndarray]:
+    """NB201 direct search: (architecture-step indices = `xvalid`, supernet-test indices = `xtest`) into the test set."""
+    return tuple(_check_indices(splits[k], n_test, split_file, "test set") for k in TEST_SPLIT_KEYS)
 
 
 class PairedBatches:
@@ -393,18 +433,26 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
                    synthetic_size: tuple = (2048, 512), image_size: int = 32,
                    arch_batch_size: int | None = None, rank: int = 0,
                    world: int = 1) -> tuple[PairedBatches, DataLoader, DataInfo]:
-    """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo. Under torchrun
-    (`world` > 1) batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
+    """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo. A split file with
+    xvalid/xtest keys selects NB201's direct-search protocol (see the module docstring). Under torchrun (`world` > 1)
+    batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
     arrays, info = load_arrays(dataset, data_dir, synthetic_size=synthetic_size, image_size=image_size)
     x, y = arrays["x_train"], arrays["y_train"]
+    x_test, y_test = arrays["x_test"], arrays["y_test"]
     if train_subset > 0:
         x, y = x[:train_subset], y[:train_subset]
-    w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
-    weight_ds = ArrayDataset(x[w_idx], y[w_idx])
-    arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
+    splits = read_split_file(split_file) if bilevel and split_file is not None else {}
+    if all(k in splits for k in TEST_SPLIT_KEYS):  # NB201 direct search (CIFAR-100, ImageNet16-120)
+        a_idx, t_idx = test_split(splits, len(y_test), split_file)
+        weight_ds, arch_ds = ArrayDataset(x, y), ArrayDataset(x_test[a_idx], y_test[a_idx])
+        x_test, y_test = x_test[t_idx], y_test[t_idx]
+    else:
+        w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
+        weight_ds = ArrayDataset(x[w_idx], y[w_idx])
+        arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
     weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
     arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank, world=world)
-    test_loader = make_loader(ArrayDataset(arrays["x_test"], arrays["y_test"]), batch_size, shuffle=False, seed=seed)
+    test_loader = make_loader(ArrayDataset(x_test, y_test), batch_size, shuffle=False, seed=seed)
     return PairedBatches(weight_loader, arch_loader), test_loader, info
 
 
@@ -427,6 +475,45 @@ def load_table(path: str, key: str = "arch_str") -> dict[str, dict[str, float]]:
                     pass
             table[row[key]] = values
     return table
+
+
+ORACLE_PREFIXES = (("cifar100", "c100"), ("cifar10", "c10"), ("imagenet16", "in16"))  # cifar100 tested first
+
+
+def oracle_prefix(dataset: str) -> str | None:
+    """The oracle table's column prefix for a dataset name or .npz path (c10 / c100 / in16), None if unknown."""
+    name = Path(dataset).name.lower()
+    return next((prefix for key, prefix in ORACLE_PREFIXES if key in name), None)
+
+
+def oracle_metrics(table: dict | None, genotype, dataset: str) -> dict[str, float]:
+    """The benchmark's numbers of a derived cell as `oracle_{column}`: first every column of the searched dataset
+    (matched by whole `_` tokens, so c10 never matches c100), then the test columns of the others; `oracle_test` /
+    `oracle_valid` repeat the searched dataset's 200-epoch accuracies. Empty without a table or for unknown cells."""
+    row = (table or {}).get(str(genotype), {})
+    prefix = oracle_prefix(dataset)
+    mine = {k: v for k, v in row.items() if prefix in k.split("_")}
+    out = {f"oracle_{k}": v for k, v in mine.items()}
+    out.update({f"oracle_{k}": v for k, v in row.items() if "test" in k and k not in mine})
+    for split in ("test", "valid"):
+        if f"{prefix}_{split}_200" in row:
+            out[f"oracle_{split}"] = row[f"{prefix}_{split}_200"]
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, loader, augment, device, *arch) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model(x, *arch)` over `loader` in eval mode (train mode afterwards)."""
+    model.eval()
+    loss, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = augment(x.to(device)), y.to(device)
+        logits = model(x, *arch)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    return loss / n, correct / n
 
 
 # ---------------------------------------------------------------------------------------------- logging
@@ -783,7 +870,7 @@ class SearchRun(RunLogger):
                 self.writer.add_text("genotype", str(metrics["genotype"]), epoch)
             self.writer.flush()
         keys = [k for k in ("train_loss", "train_acc", "arch_acc", "valid_acc", "tau", "entropy_normal", "entropy_ops",
-                            "theta_convergence", "delta", "abar_changes", "wiped_normal", "wiped_reduce",
+                            "theta_convergence", "delta", "abar_changes", "wiped_normal", "wiped_reduce", "oracle_test",
                             "oracle_c10_test_200") if k in metrics]
         self.progress(epoch, self.epochs, metrics, tuple(keys))
 

@@ -427,28 +427,33 @@ def nb1shot1_choice_nodes(space_id: int) -> list[int]:
 
 class OneShotCell(nn.Module):
     """1Shot1 one-shot cell: choice block b = MixedEdge(sum_j w_bj * h_j) over h_0 = proj_b(input), h_1..h_{b-1};
-    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b)."""
+    output = w_out0 * proj_out(input) + concat_b(w_out_b * h_b). Input weights: a row (K,), per-sample rows (B, K),
+    or per-cell per-sample rows (cells, B, K), of which the cell takes row `cell_rank` (set by the algorithm)."""
 
     def __init__(self, C_in, C, space_id, edge: EdgeFactory):
         super().__init__()
+        self.cell_rank = None
         self.n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
         self.weighted = set(nb1shot1_choice_nodes(space_id))
         self.proj = nn.ModuleList(ConvBnRelu(C_in, C, 1, affine=False) for _ in range(self.n))
         self.proj_out = ConvBnRelu(C_in, C * self.n, 1, affine=False)
         self.blocks = nn.ModuleList(edge(C, 1, NB1SHOT1_OPS, False) for _ in range(self.n))
 
+    def _row(self, w: torch.Tensor) -> torch.Tensor:
+        return w[self.cell_rank] if w.dim() == 3 else w
+
     def forward(self, s0, arch):
-        outs, w_out = [], arch["out"][0]
+        outs, w_out = [], self._row(arch["out"][0])
         for b in range(1, self.n + 1):
             inputs = [self.proj[b - 1](s0)] + outs
             if b in self.weighted:
-                w_in = arch[f"in{b}"][0]
-                x = _node_sum([_scale(w_in[j], h) for j, h in enumerate(inputs)], b)
+                w_in = self._row(arch[f"in{b}"][0])
+                x = _node_sum([_scale(w_in[..., j], h) for j, h in enumerate(inputs)], b)
             else:
                 x = _node_sum(inputs, b)
             outs.append(self.blocks[b - 1](x, arch["ops"][b - 1]))
-        cat = torch.cat([_scale(w_out[b + 1], h) for b, h in enumerate(outs)], dim=1)
-        return cat + _scale(w_out[0], self.proj_out(s0))
+        cat = torch.cat([_scale(w_out[..., b + 1], h) for b, h in enumerate(outs)], dim=1)
+        return cat + _scale(w_out[..., 0], self.proj_out(s0))
 
 
 class NB1Shot1Supernet(nn.Module):
@@ -803,6 +808,12 @@ class NB1Shot1Space:
         shapes.update({f"in{b}": (1, b) for b in nb1shot1_choice_nodes(self.space_id)})
         return shapes
 
+    def parents(self) -> dict[str, int]:
+        """How many inputs each input group keeps: {'in{b}': parents of choice node b, 'out': parents of the output}."""
+        layout = NB1SHOT1_LAYOUT[self.space_id]
+        return {**{f"in{b}": layout["node_parents"][b - 1] for b in nb1shot1_choice_nodes(self.space_id)},
+                "out": layout["output_parents"]}
+
     def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> NB1Shot1Supernet:
         return NB1Shot1Supernet(self.space_id, C, layers or self.default_layers, num_classes, edge)
 
@@ -835,6 +846,49 @@ class NB1Shot1Space:
             matrix.insert(5, [0] * 7)
             op_list.insert(5, "conv1x1-bn-relu")
         return NB101Spec(tuple(map(tuple, matrix)), tuple(op_list))
+
+
+def mean_entropy(weights: dict) -> dict[str, float]:
+    """Mean entropy (nats) of the rows of each group of weights (rows on a simplex; zero entries add 0): how far a
+    search is from a discrete choice."""
+    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
+
+
+def one_hot_weights(space, genotype) -> dict[str, torch.Tensor]:
+    """A derived discrete cell in its supernet's weight format: per group an (n_edges, n_ops) tensor with the
+    genotype's op one-hot on each selected edge and a row of zeros on every other edge (unselected DARTS edges and
+    NB201 `none` edges are off: MixedEdge computes nothing there). `w.sum(-1)` is then the matching per-edge weight
+    (1 on kept edges, 0 elsewhere) for supernets with edge weights (PC-DARTS edge normalisation)."""
+    if isinstance(space, DartsSpace) and isinstance(genotype, DartsGenotype):
+        cells = {ct: [(op, j, i // 2) for i, (op, j) in enumerate(getattr(genotype, ct))] for ct in space.ops}
+        for ct in space.ops:
+            if len(getattr(genotype, ct)) != 2 * space.steps or sorted(getattr(genotype, ct + "_concat")) != list(
+                    range(2, 2 + space.steps)):
+                raise SpaceError(f"{ct} cell: the supernet has {space.steps} nodes, two inputs each, all concatenated")
+    elif isinstance(space, NB201Space) and isinstance(genotype, NB201Genotype):
+        cells = {"normal": [(op, j, i) for i, node in enumerate(genotype.nodes) for op, j in node]}
+    else:
+        raise SpaceError(f"no one-hot supernet weights for a {type(genotype).__name__} in the {space.name} space")
+    out = {}
+    for ct, picks in cells.items():
+        ops, w = space.ops[ct], torch.zeros(space.n_edges, len(space.ops[ct]))
+        for op, j, node in picks:
+            if op not in ops:
+                raise SpaceError(f"{ct} cell: op {op!r} is not in the space's op list {ops}")
+            if op != "none":
+                w[space.node_slices[node][0] + j, ops.index(op)] = 1.0
+        out[ct] = w
+    return out
+
+
+def discretisation_check(space, genotype, evaluate_with, device) -> dict:
+    """GAEA Sec. 4.1: the supernet's accuracy with the derived discrete cell in place of the continuous weights
+    (same shared weights, same BN statistics, no retraining). `evaluate_with(weights)` -> (loss, accuracy) runs the
+    algorithm's own evaluation with one_hot_weights. Spaces without a one-hot form (NAS-Bench-1Shot1) give {}."""
+    if not isinstance(space, (DartsSpace, NB201Space)):
+        return {}
+    loss, acc = evaluate_with({g: w.to(device) for g, w in one_hot_weights(space, genotype).items()})
+    return {"supernet_test_acc_discrete": acc, "supernet_test_loss_discrete": loss}
 
 
 SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3")

@@ -15,12 +15,17 @@ Variables (ALGO LOGIC, see ArchVariables): NB201: one categorical per edge over 
 DARTS space: per cell type and node i (2+i possible inputs) one categorical over the C(2+i, 2) unordered input
 pairs and two op categoricals over the 7 DARTS ops without `none` (op_a on the lower input of the pair, op_b on
 the higher one; node 0 has a single pair): 2 x (3 + 8) = 22 variables, and every node gets exactly two distinct
-inputs, like a DARTS genotype.
+inputs, like a DARTS genotype. NAS-Bench-1Shot1: one categorical per choice node over its 3 ops, and one over each
+allowed input set: C(b, k_b) sets for choice node b with k_b parents (nodes with fixed parents have none), C(n+1,
+k_out) for the output (space 1: 4 + 3 = 7 variables). A sample is thus always a valid 1Shot1 cell.
 
 Reproduce the paper's search setting on the DARTS cell space (CIFAR-10, 100 epochs, batch 64, cutout 16):
     python algos/asng.py
-NAS-Bench-201, with the benchmark's accuracy of the mode architecture each epoch:
+NAS-Bench-201, with the benchmark's accuracy of the mode architecture each epoch (direct search on CIFAR-100:
+add --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz):
     python algos/asng.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+NAS-Bench-1Shot1 search space 2 (returns an NB101 spec for train_eval.py --genotype):
+    python algos/asng.py --space nb1shot1-2
 Offline quick start on the real CIFAR-10 subset:
     python algos/asng.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -43,40 +48,34 @@ if not (_here / "spaces.py").exists():  # repository layout: algos/ beside space
 import data  # noqa: E402
 import spaces  # noqa: E402
 
-SUPPORTED = ("darts", "nb201")
+# DEVIATION: 1Shot1 has no ASNG run; there we take its common one-shot training setting (1Shot1's
+# optimizers/*/train_search.py: batch 96, cosine to 0.001, no cutout) and keep ASNG's own 100 epochs.
+DEFAULTS = {"paper": {"batch_size": 64, "lr_min": 0.0, "cutout": 16}, "nb1shot1": {"batch_size": 96, "lr_min": 0.001, "cutout": 0}}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ASNG-NAS search (defaults: the paper's CIFAR-10 search setting).")
-    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space (ASNG here: darts, nb201)")
-    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
-    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
+    data.add_common_args(p)
     p.add_argument("--single-level", action="store_true", help="theta steps on training batches instead of a held-out half")
-    p.add_argument("--train-portion", type=float, default=0.5, help="fraction of the training set for the weights (rest: theta)")
-    p.add_argument("--split-file", default=None, help="NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=100, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5)")
+    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=float, default=0.0, help="final learning rate of the cosine schedule")
+    p.add_argument("--lr-min", type=float, default=None, help="final learning rate of the cosine schedule (0; nb1shot1: 0.001)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
     p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--cutout", type=int, default=16, help="cutout length on search batches (0 = off)")
+    p.add_argument("--cutout", type=int, default=None, help="cutout length on search batches, 0 = off (16; nb1shot1: 0)")
     p.add_argument("--lam", type=int, default=2, help="architectures sampled per weight step and per theta step (lambda)")
     p.add_argument("--alpha", type=float, default=1.5, help="SNR threshold of the step-size adaptation")
     p.add_argument("--delta-init", type=float, default=1.0, help="initial Fisher length delta of the theta step")
-    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the mode's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", default=None, help="default: asng_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    if args.space not in SUPPORTED:
-        p.error(f"ASNG supports --space {' or '.join(SUPPORTED)}; {args.space} (inputs chosen by top-k weights) is not implemented")
+    for k, v in DEFAULTS["nb1shot1" if args.space.startswith("nb1shot1") else "paper"].items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     if args.nb201_table and args.space != "nb201":
         p.error("--nb201-table needs --space nb201")
     if args.lam < 2:
@@ -103,25 +102,18 @@ def ranking_utility(losses, rho: float = 0.25) -> torch.Tensor:
         if r == lam or fs[r] - fs[r - 1] > 1e-14 * fs[r - 1].abs():
             u_sorted[start:r] = by_rank[start:r].mean()
             start = r
-    u = torch.empty(lam, dtype=torch.float64)
-    u[order] = u_sorted
-    return u
+    return u_sorted[torch.argsort(order)]  # back to the order of `losses`
 
 
 def fisher_sqrt(G: torch.Tensor, theta: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """F^(1/2) G per variable in the (K_i - 1)-dim expectation parameters (the last category is dependent), closed
     form: s_i = G_i,<K/sqrt(theta_i,<K) + sqrt(theta_i,<K) * sum(G_i,<K) / (theta_iK + sqrt(theta_iK)).
-    Returned zero-padded as (D, K_max); ||s||^2 equals sum_ik G_ik^2 / theta_ik (fisher_norm_sq)."""
+    Returned zero-padded as (D, K_max); ||s||^2 equals sum_ik G_ik^2 / theta_ik (the Fisher norm)."""
     last = (K - 1)[:, None]
     lead = torch.arange(G.shape[1])[None] < last  # the K_i - 1 free entries of each row
     theta_K = theta.gather(1, last)
     root = theta.clamp_min(torch.finfo(theta.dtype).tiny).sqrt()
     return torch.where(lead, G / root + root * (G * lead).sum(1, keepdim=True) / (theta_K + theta_K.sqrt()), 0.0)
-
-
-def fisher_norm_sq(G: torch.Tensor, theta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Squared Fisher norm of a natural gradient of independent categoricals: sum over valid entries of G^2/theta."""
-    return torch.where(mask, G.square() / theta.clamp_min(torch.finfo(theta.dtype).tiny), 0.0).sum()
 
 
 def restrict_range(theta: torch.Tensor, K: torch.Tensor, theta_min: torch.Tensor) -> torch.Tensor:
@@ -166,9 +158,6 @@ class CategoricalASNG:
         u = torch.rand(len(self.K), generator=generator, dtype=torch.float64)
         return torch.minimum((self.theta.cumsum(1) <= u[:, None]).sum(1), self.K - 1)
 
-    def one_hot(self, idx: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(idx, self.theta.shape[1]).double()
-
     def mode(self) -> torch.Tensor:
         return self.theta.argmax(1)
 
@@ -182,13 +171,13 @@ class CategoricalASNG:
         if (u == 0).all():  # ALGO LOGIC: a tie carries no ranking information: nothing changes (theta, s, gamma, Delta)
             return False
         # PAPER: stochastic natural gradient, G = 1/lambda sum_j u_j (T(x_j) - theta), T = one-hot
-        G = torch.where(self.mask, (u[:, None, None] * (self.one_hot(samples) - self.theta)).mean(0), 0.0)
+        T = F.one_hot(samples, self.theta.shape[1]).double()
+        G = torch.where(self.mask, (u[:, None, None] * (T - self.theta)).mean(0), 0.0)
         if (G.abs() < 1e-18).all():  # identical samples: no direction (the official code skips too)
             return False
         s_new = fisher_sqrt(G, self.theta, self.K)
         norm = float(s_new.norm())  # ||G||_F, the Fisher norm
-        delta = self.delta
-        beta = delta / math.sqrt(self.N)
+        delta, beta = self.delta, self.delta / math.sqrt(self.N)
         # PAPER: theta <- theta + delta G / ||G||_F: a step of Fisher length delta (effective lr delta/||G||_F)
         self.theta = restrict_range(self.theta + delta * G / norm, self.K, self.theta_min)
         # PAPER: step-size adaptation, s <- (1-beta) s + sqrt(beta(2-beta)) F^(1/2)G/||G||_F,
@@ -202,23 +191,31 @@ class CategoricalASNG:
 # ===================================================================== variables <-> architectures of a space ====
 class ArchVariables:
     """The categorical variables of a space, their names, and the decoding of one sample into supernet specs
-    (`spaces.MixedEdge`: int = only that op; None = edge not computed) and into a genotype.
+    (`spaces.MixedEdge`: int = only that op; None = edge not computed; 1Shot1 inputs: 0/1 rows) and a genotype.
     NB201: per edge one variable over its ops (`none` included; its op is the zero op, costing nothing).
     DARTS (ALGO LOGIC): per cell type and node i, a variable over the C(2+i, 2) unordered input pairs (node 0 has
     one pair, so no variable) and op_a / op_b over the ops (no `none`) for the lower / higher input of the pair.
+    1Shot1 (ALGO LOGIC): an op variable per choice node, an input-set variable per `in{b}` group and for `out`.
     # DEVIATION: the paper searches the ENAS micro cell (5 nodes, input-1/input-2 each over 2+i inputs that may
     coincide, op-1/op-2 over 5 ops, loose ends concatenated + 1x1 conv). Our DARTS cell has 14 edges with their
     own weights (per input and op, as in ENAS) and concatenates all 4 nodes, so two equal inputs would be one
     edge: the unordered pair keeps exactly two distinct inputs per node, as every DARTS genotype has."""
 
     def __init__(self, space):
-        self.space, self.names, self.categories, self.groups = space, [], [], []
+        self.space, self.names, self.categories, self.groups, self.sets = space, [], [], [], {}
         if isinstance(space, spaces.NB201Space):
             for e in range(space.n_edges):
                 self._add("normal", f"edge{e}", len(space.ops["normal"]))
             return
+        if isinstance(space, spaces.NB1Shot1Space):
+            for b in range(1, space.n + 1):
+                self._add("ops", f"node{b}/op", len(space.ops["ops"]))
+            for g, k in space.parents().items():  # the k-subsets of the candidate inputs, k = the parents allowed
+                self.sets[g] = list(itertools.combinations(range(space.arch_shapes()[g][1]), k))
+                self._add(g, "inputs", len(self.sets[g]))
+            return
         if not isinstance(space, spaces.DartsSpace):
-            raise spaces.SpaceError(f"ASNG supports the darts and nb201 spaces, not {space.name}")
+            raise spaces.SpaceError(f"ASNG supports the darts, nb201 and nb1shot1 spaces, not {space.name}")
         if any("none" in ops for ops in space.ops.values()):
             raise spaces.SpaceError("ASNG's DARTS variables choose inputs explicitly: build the space without `none`")
         self.pairs = [list(itertools.combinations(range(end - start), 2)) for start, end in space.node_slices]
@@ -235,10 +232,15 @@ class ArchVariables:
         return len(self.categories) - 1
 
     def decode(self, idx) -> dict:
-        """A sample (one index per variable) -> {group: per-edge specs}; normal and reduce use their own variables."""
+        """A sample (one index per variable) -> {group: specs}; normal and reduce use their own variables."""
         idx = [int(k) for k in idx]
         if isinstance(self.space, spaces.NB201Space):
             return {"normal": idx}
+        if isinstance(self.space, spaces.NB1Shot1Space):  # ops: indices; inputs: a 0/1 row marking the sampled set
+            arch = {"ops": idx[:self.space.n]}
+            for v, g in enumerate(self.groups[self.space.n:], start=self.space.n):
+                arch[g] = torch.zeros(1, self.space.arch_shapes()[g][1]).index_fill_(1, torch.tensor(self.sets[g][idx[v]]), 1.0)
+            return arch
         arch = {g: [None] * self.space.n_edges for g in self.space.ops}
         for g, i, v_pair, v_a, v_b in self.nodes:
             j_a, j_b = self.pairs[i][0 if v_pair is None else idx[v_pair]]
@@ -247,24 +249,18 @@ class ArchVariables:
         return arch
 
     def genotype(self, idx):
-        arch = self.decode(idx)
-        cells = {g: tuple(tuple((self.space.ops[g][spec], j) for j, spec in enumerate(arch[g][s:e]) if spec is not None)
-                          for s, e in self.space.node_slices) for g in arch}
-        if isinstance(self.space, spaces.NB201Space):
-            return spaces.NB201Genotype(cells["normal"])
-        concat = tuple(range(2, 2 + len(self.space.node_slices)))
-        flat = {g: tuple(itertools.chain.from_iterable(c)) for g, c in cells.items()}
-        return spaces.DartsGenotype(flat["normal"], concat, flat["reduce"], concat)
+        """The space's standard derivation on the sample as 0/1 weights: it keeps exactly the sampled choices."""
+        weights = {}
+        for g, spec in self.decode(idx).items():
+            k_ops = len(self.space.ops.get(g, ()))
+            weights[g] = spec if torch.is_tensor(spec) else torch.stack(
+                [torch.zeros(k_ops) if k is None else F.one_hot(torch.tensor(k), k_ops).float() for k in spec])
+        return self.space.derive(weights)
 
 
-def mean_entropy(asng: CategoricalASNG, variables: ArchVariables) -> dict[str, float]:
-    """Mean entropy (nats) of the variables of each group: how far theta is from a deterministic architecture."""
-    h = -torch.where(asng.mask, asng.theta * asng.theta.clamp_min(1e-300).log(), 0.0).sum(1)
-    out = {}
-    for g in dict.fromkeys(variables.groups):
-        rows = [v for v, gv in enumerate(variables.groups) if gv == g]
-        out[g] = float(h[rows].mean())
-    return out
+def mean_entropy(asng: CategoricalASNG, variables: ArchVariables) -> dict[str, float]:  # zero padding adds 0
+    return spaces.mean_entropy({g: asng.theta[[v for v, gv in enumerate(variables.groups) if gv == g]]
+                                for g in dict.fromkeys(variables.groups)})
 
 
 # ================================================================================================ the steps ====
@@ -276,8 +272,7 @@ def weight_step(model, asng, variables, opt, x, y, grad_clip, lam, gen) -> tuple
     for _ in range(lam):
         logits = model(x, variables.decode(asng.sample(gen)))
         loss = F.cross_entropy(logits, y)
-        # DEVIATION: one backward per sample of loss/lam (the official code backpropagates the mean once): same
-        # gradient, one child graph in memory at a time.
+        # DEVIATION: a backward of loss/lam per sample (official: of the mean, once): same gradient, one graph in memory
         (loss / lam).backward()
         loss_sum, acc_sum = loss_sum + loss.item(), acc_sum + (logits.argmax(1) == y).float().mean().item()
     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -304,20 +299,6 @@ def derive_genotype(asng: CategoricalASNG, variables: ArchVariables):
     return variables.genotype(asng.mode())
 
 
-@torch.no_grad()
-def evaluate(model, arch, loader, augment, device) -> tuple[float, float]:
-    model.eval()
-    loss, correct, n = 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = model(x, arch)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     data.refuse_torchrun("asng.py samples one architecture per step and has no multi-process search: run it as one "
@@ -338,8 +319,7 @@ def main(argv=None) -> dict:
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     gen, arch_gen = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(args.seed + 1)
-    augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen)
-    test_augment = data.Augment(info, train=False)
+    augment, test_augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen), data.Augment(info, train=False)
 
     run = data.SearchRun(args, f"asng_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
@@ -363,12 +343,11 @@ def main(argv=None) -> dict:
                    "theta_convergence": asng.convergence(), "delta": asng.delta, "theta_updates_skipped": skipped,
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(asng, variables).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, {"theta": asng.theta})
 
     mode = asng.mode()
-    test_loss, test_acc = evaluate(model, variables.decode(mode), test_loader, test_augment, device)
+    test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, variables.decode(mode))
     genotype = variables.genotype(mode)
     result = {"algorithm": "asng", "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
@@ -378,7 +357,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        sys.exit(f"error: {err}")
+    data.cli(main)

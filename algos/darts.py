@@ -51,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
     p.add_argument("--unrolled", action="store_true", help="second order: alpha's gradient after a virtual weight step (bilevel only)")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=50, help="search epochs")
     p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
@@ -199,9 +199,10 @@ def derive_genotype(space, alphas):
 
 
 @torch.no_grad()
-def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
+def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
     model.eval()
-    weights, loss, correct, n = mixture_weights(alphas), 0.0, 0, 0
+    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)
         logits = model(x, weights)
@@ -259,14 +260,15 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
-    test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
+    test_loss, test_acc = evaluate(model, mixture_weights(alphas), test_loader, test_augment, device)
     genotype = derive_genotype(space, alphas)
+    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, w, test_loader, test_augment, device), device)
     result = {"algorithm": "darts", "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()}}
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype))

@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--bilevel", action="store_true", help="architecture steps on the held-out half (default ERM: whole training set)")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=25, help="search epochs")
     p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
@@ -80,7 +80,9 @@ def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def eg_update(theta: torch.Tensor, grad: torch.Tensor, lr: float, floor: float = 1e-5) -> torch.Tensor:
     """theta * exp(-lr * grad) per row, normalised, then the release's clamp at `floor` and renormalisation. PAPER: Eq. (8)
-    DEVIATION: in the log domain (same value; the release's product overflows float32 once lr * |grad| > ~88)."""
+    DEVIATION: in the log domain (the release's product overflows float32 once lr * |grad| > ~88). Exact where no entry
+    hits the floor: softmax(log theta - lr grad) = theta e^(-lr grad) / sum. Not where it does: the release clamps the
+    unnormalised product at 1e-5, then divides; we clamp the normalised row (and theta before the log)."""
     theta = F.softmax(theta.clamp_min(floor).log() - lr * grad, dim=-1).clamp_min(floor)
     return theta / theta.sum(-1, keepdim=True)
 
@@ -133,9 +135,10 @@ def derive_genotype(space, alphas):
 
 
 @torch.no_grad()
-def evaluate(model, alphas, loader, augment, device) -> tuple[float, float]:
+def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
+    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
     model.eval()
-    weights, loss, correct, n = mixture_weights(alphas), 0.0, 0, 0
+    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)
         logits = model(x, weights)
@@ -189,14 +192,15 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
-    test_loss, test_acc = evaluate(model, alphas, test_loader, test_augment, device)
+    test_loss, test_acc = evaluate(model, mixture_weights(alphas), test_loader, test_augment, device)
     genotype = derive_genotype(space, alphas)
+    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, w, test_loader, test_augment, device), device)
     result = {"algorithm": "gaea_darts_erm", "bilevel": args.bilevel, "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - run.start,
               "alphas": {g: a.detach().cpu().tolist() for g, a in alphas.items()}}
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype))

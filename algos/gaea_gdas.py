@@ -10,15 +10,28 @@ weight step costs what the sampled child network costs. The architecture step ba
 one-hot with the straight-through weights h - stopgrad(softmax((log p + g)/tau)) + softmax(...), tau annealed
 linearly from 10 to 0.1 over the epochs. Two ways to hold and update the distribution p (`--arch-update`):
   eg           GAEA: p lives on the simplex (uniform init), log p = log(alpha); exponentiated-gradient step
-               alpha <- alpha * exp(-eta * grad), back onto the simplex; loss + 0.01 * KL(alpha || uniform).
+               alpha <- alpha * exp(-eta * grad), eta = 0.1 (GAEA paper), back onto the simplex; loss + 0.01 *
+               KL(alpha || uniform) (the release's egdas config; the paper gives no such term); weights alone for
+               the first 50 epochs (the release's warm-up; the paper gives none).
   softmax-adam GDAS: p = softmax(theta), theta logits (init 1e-3 * N(0, 1)) trained by Adam 3e-4, wd 1e-3.
 Per step: weight step (SGD on a training batch) first, then the architecture step (GDAS' order). The genotype
 takes the argmax op per edge (NB201), or the DARTS top-2 rule on p (DARTS space).
+NAS-Bench-1Shot1 (ALGO LOGIC, our form of GDAS there): one Gumbel-max op per choice node (as an edge above), and the
+inputs of each node with a choice (and of the output) by Gumbel-top-k: the k largest log p + g, k = the parents the
+space allows (a sample of k inputs without replacement), as a k-hot row whose gradient is that of
+softmax((log p + g)/tau) (straight-through). Every forward thus runs a valid 1Shot1 child; the result is an NB101
+spec. 1Shot1 settings (its GDAS run): 100 epochs, tau 10 -> 1, batch 96, no warm-up.
+# DEVIATION: 1Shot1's GDAS mixes inputs with soft Gumbel-softmax weights ("hard gave exploding gradients" there), so
+# its forwards are not single children; here inputs are sampled like the ops. Its tau drops by 9/epochs per epoch
+# (ending at 1 + 9/epochs); here tau reaches tau_min at the last epoch.
 
 Reproduce GAEA GDAS on NAS-Bench-201 (CIFAR-10, 150 epochs), with the benchmark accuracy of the cell per epoch:
     python algos/gaea_gdas.py --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
-The GDAS baseline (NB201 paper: 250 epochs):
+The GDAS baseline (NB201 paper: 250 epochs); direct search on CIFAR-100 (weights: train set, architecture: xvalid):
     python algos/gaea_gdas.py --arch-update softmax-adam --epochs 250
+    python algos/gaea_gdas.py --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz
+NAS-Bench-1Shot1 search space 1 (NB101 spec for train_eval.py --genotype):
+    python algos/gaea_gdas.py --space nb1shot1-1
 DARTS search space:
     python algos/gaea_gdas.py --space darts --epochs 50
 Offline quick start on the real CIFAR-100 subset:
@@ -50,28 +63,28 @@ EG_FLOOR = 1e-5  # GAEA's clamp of simplex entries
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GAEA GDAS / GDAS search (defaults: GAEA GDAS on NAS-Bench-201, CIFAR-10).")
-    p.add_argument("--space", default="nb201", choices=spaces.SPACES, help="search space (darts or nb201)")
+    p.add_argument("--space", default="nb201", choices=spaces.SPACES, help="search space")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--arch-update", default="eg", choices=ARCH_UPDATES, help="eg: GAEA (simplex + exponentiated gradient); softmax-adam: GDAS (logits + Adam)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=150, help="search epochs")
-    p.add_argument("--warmup-epochs", type=int, default=0, help="epochs of weight training only (GAEA's egdas config: 50)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--epochs", type=int, default=None, help="search epochs (150; nb1shot1: 100)")
+    p.add_argument("--warmup-epochs", type=int, default=None, help="epochs of weight training only (eg 50, GAEA's release; softmax-adam and nb1shot1: 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: nb201 per stage (5), darts total (8)")
+    p.add_argument("--layers", type=int, default=None, help="cells: nb201 per stage (5), darts total (8), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
     p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
     p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
     p.add_argument("--tau-max", type=float, default=10.0, help="Gumbel-softmax temperature at the first (post-warm-up) epoch")
-    p.add_argument("--tau-min", type=float, default=0.1, help="Gumbel-softmax temperature at the last epoch")
+    p.add_argument("--tau-min", type=float, default=None, help="Gumbel-softmax temperature at the last epoch (0.1; nb1shot1: 1)")
     p.add_argument("--selected-only", action="store_true", help="drop AutoDL's zero-valued terms of the non-sampled ops (forward_gdas_v1)")
-    p.add_argument("--arch-lr", type=float, default=None, help="architecture step size: eg 0.1 (eta), softmax-adam 3e-4 (Adam)")
+    p.add_argument("--arch-lr", type=float, default=None, help="architecture step size: eg 0.1 (eta; the release: 0.01), softmax-adam 3e-4 (Adam)")
     p.add_argument("--kl-coef", type=float, default=None, help="eg only: coefficient of KL(alpha || uniform) in the architecture loss (0.01)")
     p.add_argument("--arch-betas", type=float, nargs=2, default=None, help="softmax-adam only: Adam betas (0.5 0.999)")
     p.add_argument("--arch-wd", type=float, default=None, help="softmax-adam only: Adam weight decay of the logits (1e-3)")
@@ -82,16 +95,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", default=None, help="default: {gaea_gdas|gdas}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     # DEVIATION: weights as GAEA's NB201 config (plain momentum, wd 3e-4, lr cosine per epoch) for both rules, where
-    # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 per the issue (GAEA's egdas config: 24).
+    # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 as NB201's GDAS (GAEA's egdas config: 24).
     args = p.parse_args(argv)
-    if args.space not in ("nb201", "darts"):
-        p.error(f"--space {args.space} is not supported by GDAS here (its cells are not edge-per-op; use nb201 or darts)")
+    oneshot = args.space.startswith("nb1shot1")
+    for k, v in (("epochs", 100 if oneshot else 150), ("batch_size", 96 if oneshot else 64), ("tau_min", 1.0 if oneshot else 0.1),
+                 ("warmup_epochs", 50 if args.arch_update == "eg" and not oneshot else 0)):
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     if args.nb201_table and args.space != "nb201":
         p.error("--nb201-table needs --space nb201")
     if not 0 < args.tau_min <= args.tau_max:
         p.error("need 0 < --tau-min <= --tau-max")
     if not 0 <= args.warmup_epochs < args.epochs:
-        p.error("--warmup-epochs must be >= 0 and < --epochs (otherwise no architecture step runs)")
+        p.error(f"--warmup-epochs {args.warmup_epochs} must be >= 0 and < --epochs {args.epochs} (otherwise no architecture step runs)")
     for rule, defaults in ARCH_DEFAULTS.items():
         for key, value in defaults.items():
             if rule == args.arch_update and getattr(args, key) is None:
@@ -118,51 +133,63 @@ def distribution(arch: dict[str, torch.Tensor], arch_update: str) -> dict[str, t
         return {g: lp.exp() for g, lp in log_probs(arch, arch_update).items()}
 
 
-def mean_entropy(weights: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean entropy (nats) of the rows of each group: how far the search is from a discrete choice."""
-    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
-
-
 def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
     """Standard Gumbel noise -log(E), E ~ Exp(1), drawn on CPU from `generator` (reproducible on any device)."""
     return torch.empty(shape).exponential_(generator=generator).log_().neg_().to(device)
 
 
-def straight_through(logp: torch.Tensor, noise: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_mask(z: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """1 at the k largest entries of each row (ties: lower index), 0 elsewhere. k = 1: the one-hot argmax."""
+    return torch.zeros_like(z).scatter_(-1, torch.argsort(-z, dim=-1, stable=True)[..., :k], 1.0)
+
+
+def straight_through(logp: torch.Tensor, noise: torch.Tensor, tau: float, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Gumbel-max sample with the straight-through estimator. PAPER: GDAS' Gumbel-max sample, hard one-hot forward,
-    softmax((log p + g)/tau) backward. Returns (hardwts: one-hot in value, softmax gradient; index per row)."""
+    softmax((log p + g)/tau) backward. Returns (hardwts: one-hot in value, softmax gradient; index per row).
+    ALGO LOGIC: k > 1 (1Shot1 inputs): Gumbel-top-k, a k-hot row with the same softmax gradient."""
     probs = F.softmax((logp + noise) / tau, dim=-1)
-    index = probs.argmax(dim=-1)
-    hard = F.one_hot(index, logp.shape[-1]).to(probs.dtype)
-    return hard - probs.detach() + probs, index
+    return top_k_mask(logp + noise, k) - probs.detach() + probs, probs.argmax(dim=-1)
 
 
-def sample_arch(arch, arch_update: str, tau: float, generator: torch.Generator) -> dict[str, list]:
-    """One sample per forward per group (shared by every cell of that type) as MixedEdge specs (hardwts_row, k)."""
-    specs = {}
+def sample_arch(arch, arch_update: str, tau: float, generator: torch.Generator, parents=None) -> dict[str, list]:
+    """One sample per forward per group (shared by every cell of that type) as MixedEdge specs (hardwts_row, k);
+    1Shot1 input groups (`parents`: {group: k}) as their k-hot straight-through row."""
+    specs, parents = {}, parents or {}
     for g, logp in log_probs(arch, arch_update).items():
         for _ in range(100):  # GDAS resamples when the noise makes the softmax non-finite (E = 0 -> g = inf)
-            hardwts, index = straight_through(logp, gumbel_noise(logp.shape, generator, logp.device), tau)
+            hardwts, index = straight_through(logp, gumbel_noise(logp.shape, generator, logp.device), tau, parents.get(g, 1))
             if torch.isfinite(hardwts).all():
                 break
         else:
             raise FloatingPointError(f"architecture parameters of group {g!r} are not finite")
-        specs[g] = list(zip(hardwts.unbind(0), index.tolist()))
+        specs[g] = hardwts if g in parents else list(zip(hardwts.unbind(0), index.tolist()))
     return specs
 
 
-def sample_child(arch, arch_update: str, generator: torch.Generator) -> dict[str, list[int]]:
+def sample_child(arch, arch_update: str, generator: torch.Generator, parents=None) -> dict[str, list[int]]:
     """The weight step's sample: index = argmax(log p + g) per edge (tau does not change the argmax). Plain op
     indices, so each edge computes exactly op_k(x): the weight step costs what the child network costs.
+    1Shot1 input groups: the k-hot row of the k largest log p + g.
     # DEVIATION: AutoDL multiplies the op by hardwts[k] = 1 - p + p (1 up to rounding); we drop that factor."""
+    child, parents = {}, parents or {}
     with torch.no_grad():
-        logp = log_probs(arch, arch_update)
-        return {g: (lp + gumbel_noise(lp.shape, generator, lp.device)).argmax(dim=-1).tolist() for g, lp in logp.items()}
+        for g, lp in log_probs(arch, arch_update).items():
+            z = lp + gumbel_noise(lp.shape, generator, lp.device)
+            child[g] = top_k_mask(z, parents[g]) if g in parents else z.argmax(dim=-1).tolist()
+    return child
+
+
+def argmax_child(arch, arch_update: str, parents=None) -> dict:
+    """The most likely child: argmax op per edge (1Shot1: and the k most likely inputs)."""
+    parents = parents or {}
+    return {g: top_k_mask(p, parents[g]) if g in parents else p.argmax(dim=-1).tolist()
+            for g, p in distribution(arch, arch_update).items()}
 
 
 class GDASEdge(spaces.MixedEdge):
     """MixedEdge plus GDAS' `forward_gdas` quirk: for a (hardwts, k) spec the non-sampled hardwts[j] (0 in value,
     exactly: (0 - p) + p) are added to the output, so each receives the sum of the upstream gradient. Only op k runs.
+    AutoDL's NB201 and DARTS-space search cells both run this per edge, so it is the default in both spaces.
     (`--selected-only` uses plain MixedEdge: only hardwts[k] * op_k(x), AutoDL's forward_gdas_v1.)"""
 
     def forward(self, x, spec):
@@ -175,8 +202,10 @@ class GDASEdge(spaces.MixedEdge):
 
 class ExponentiatedGradient(torch.optim.Optimizer):
     """GAEA's mirror-descent step on rows that live on the simplex. PAPER: GAEA's exponentiated-gradient
-    (mirror-descent) update alpha <- alpha * exp(-eta * grad), then each row back onto the simplex.
-    # DEVIATION: GAEA's egdas config uses eta = 0.01; the issue fixes eta = 0.1 (--arch-lr 0.01 gives the release)."""
+    (mirror-descent) update alpha <- alpha * exp(-eta * grad), then each row back onto the simplex; eta = 0.1 is the
+    paper's value (App. C.3).
+    # DEVIATION: the release's egdas config pairs its KL coefficient 0.01 with eta = 0.01 (`--arch-lr 0.01` runs that
+    # pairing); eta = 0.1 with the release's coefficient (the paper names none) is a combination neither ran."""
 
     def __init__(self, params, lr: float):
         super().__init__(params, {"lr": lr})
@@ -214,10 +243,10 @@ def weight_step(model, child: dict[str, list[int]], opt, x, y, grad_clip) -> tup
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def arch_step(model, arch, arch_update, arch_opt, x, y, tau, generator, kl_coef=0.0) -> tuple[float, float]:
+def arch_step(model, arch, arch_update, arch_opt, x, y, tau, generator, kl_coef=0.0, parents=None) -> tuple[float, float]:
     """One step on the distribution with the architecture batch: a fresh Gumbel sample, CE through the
     straight-through weights (+ kl_coef * KL(alpha || uniform) for GAEA), then EG or Adam."""
-    logits = model(x, sample_arch(arch, arch_update, tau, generator))
+    logits = model(x, sample_arch(arch, arch_update, tau, generator, parents))
     loss = F.cross_entropy(logits, y)
     total = loss + kl_coef * kl_to_uniform(arch) if kl_coef else loss  # ALGO LOGIC
     params = list(arch.values())  # gradients of the distribution only: no weight gradients are computed
@@ -229,24 +258,10 @@ def arch_step(model, arch, arch_update, arch_opt, x, y, tau, generator, kl_coef=
 
 def derive_genotype(space, arch, arch_update):
     """NB201: argmax op per edge (`none` can win, as in GDAS); DARTS: top-2 incoming edges per node by their best
-    non-`none` probability, each with that op (spaces.*Space.derive)."""
+    non-`none` probability, each with that op; 1Shot1: argmax op per node, top-k inputs (spaces.*Space.derive).
+    # DEVIATION: AutoDL's DARTS-space GDAS genotype ranks all (edge, non-`none` op) pairs of a node and keeps the top
+    # 2, so both can come from one edge; we keep the DARTS rule (two distinct edges), as GAEA's spaces do."""
     return space.derive(distribution(arch, arch_update))
-
-
-@torch.no_grad()
-def evaluate(model, arch, arch_update, loader, augment, device) -> tuple[float, float]:
-    """Test accuracy of the supernet running the argmax op of every edge (GAEA's per-epoch evaluation)."""
-    model.eval()
-    child = {g: p.argmax(dim=-1).tolist() for g, p in distribution(arch, arch_update).items()}
-    loss, correct, n = 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = model(x, child)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
 
 
 def main(argv=None) -> dict:
@@ -257,6 +272,7 @@ def main(argv=None) -> dict:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
+    parents = space.parents() if isinstance(space, spaces.NB1Shot1Space) else None  # 1Shot1: inputs kept per group
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
@@ -286,23 +302,25 @@ def main(argv=None) -> dict:
             x, y = augment(x.to(device)), y.to(device)
             # ALGO LOGIC: weight step on a sampled child first, then the architecture step (GDAS' order)
             # DEVIATION: GAEA's release runs the architecture step first
-            train_loss, train_acc = weight_step(model, sample_child(arch, args.arch_update, gumbel_gen), opt, x, y, args.grad_clip)
+            train_loss, train_acc = weight_step(model, sample_child(arch, args.arch_update, gumbel_gen, parents), opt, x, y, args.grad_clip)
             sums["train_loss"], sums["train_acc"] = sums["train_loss"] + train_loss, sums["train_acc"] + train_acc
             if search:
                 xa, ya = augment(xa.to(device)), ya.to(device)
-                arch_loss, arch_acc = arch_step(model, arch, args.arch_update, arch_opt, xa, ya, tau, gumbel_gen, kl_coef)
+                arch_loss, arch_acc = arch_step(model, arch, args.arch_update, arch_opt, xa, ya, tau, gumbel_gen, kl_coef, parents)
                 sums["arch_loss"], sums["arch_acc"] = sums["arch_loss"] + arch_loss, sums["arch_acc"] + arch_acc
         sched.step()
         genotype = derive_genotype(space, arch, args.arch_update)
         keep = sums if search else {k: v for k, v in sums.items() if k.startswith("train")}
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in keep.items()}, "tau": tau, "arch_updated": search,
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
-        metrics.update({f"entropy_{g}": h for g, h in mean_entropy(distribution(arch, args.arch_update)).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(distribution(arch, args.arch_update)).items()})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, distribution(arch, args.arch_update))
 
-    test_loss, test_acc = evaluate(model, arch, args.arch_update, test_loader, test_augment, device)
+    # ALGO LOGIC: the supernet's test accuracy runs the most likely child (GAEA's per-epoch evaluation)
+    test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, argmax_child(arch, args.arch_update, parents))
+    # DEVIATION: the last epoch's cell is returned; the release returns the cell of the epoch with the best validation
+    # accuracy of the argmax child (metrics.jsonl holds every epoch's genotype).
     genotype = derive_genotype(space, arch, args.arch_update)
     result = {"algorithm": algorithm, "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
@@ -312,7 +330,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        sys.exit(f"error: {err}")
+    data.cli(main)

@@ -16,7 +16,11 @@ What this file implements (Algorithm 2 of the paper, first order, no second-orde
 Search spaces: `--ops 12` is the paper's larger space (normal cells: identity + 7 convolutions, reduction cells:
 identity + 4 poolings, no `none`); `--ops 7` is the DARTS space without `none`. `--space nb201` runs NASP on
 NAS-Bench-201's cell without `none` (like NASP's spaces): there every edge exists, so prox onto C1 is the plain
-one-op-per-edge projection of the paper.
+one-op-per-edge projection of the paper. `--space nb1shot1-{1,2,3}` (ALGO LOGIC, our form of NASP there): A holds
+the op rows of the choice nodes and the input rows `in{b}` / `out`; A_bar keeps the argmax op of every node and the
+k largest inputs of each input row, k = the parents the space allows, so A_bar is always a valid 1Shot1 cell (the
+weight step trains exactly that child) and the result is an NB101 spec. 1Shot1 settings: its common one-shot
+training (batch 96; the rest as NASP's, which 1Shot1 shares); 50 epochs (NASP's; 1Shot1 has no NASP run).
 
 Reproduce the paper's search (DARTS-style network, CIFAR-10, 50 epochs), 7 and 12 ops:
     python algos/nasp.py --ops 7
@@ -25,8 +29,11 @@ With the model-size regulariser (PAPER: Eq. 8):
     python algos/nasp.py --ops 12 --reg 0.1
 Offline quick start on the real CIFAR-10 subset:
     python algos/nasp.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 5
-On NAS-Bench-201, with the benchmark's accuracy of the derived cell each epoch:
+On NAS-Bench-201, with the benchmark's accuracy of the derived cell each epoch (direct search on ImageNet16-120:
+add --dataset imagenet16-120 --split-file ../shared/data/nb201/splits/imagenet-16-120-test-split.txt.gz):
     python algos/nasp.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+On NAS-Bench-1Shot1 search space 3 (NB101 spec for train_eval.py --genotype):
+    python algos/nasp.py --space nb1shot1-3
 """
 from __future__ import annotations
 
@@ -51,18 +58,18 @@ PARAM_COUNT_C = 12  # the official code's PARAMS table counts each op at C=12, a
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="NASP search (defaults: the paper's CIFAR-10 search).")
-    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space (darts or nb201)")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
     p.add_argument("--ops", type=int, default=None, help="darts space: 7 = DARTS ops without `none` (default); 12 = the paper's larger space")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=50, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of both steps")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5)")
+    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
     p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -71,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of A")
     p.add_argument("--arch-betas", type=float, nargs=2, default=(0.5, 0.999), help="Adam betas of A")
     p.add_argument("--arch-wd", type=float, default=1e-3, help="Adam weight decay (coupled L2) of A")
+    p.add_argument("--abar-value", default="one", choices=("one", "paper"),
+                   help="value of a kept entry of A_bar: one (official code) or A's own value (the paper's prox onto C1)")
     p.add_argument("--reg", type=float, default=0.0, help="eta of the model-size regulariser R(A) (PAPER: Eq. 8); 0 = off")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
     p.add_argument("--seed", type=int, default=2, help="random seed")
@@ -79,10 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    if args.space not in ("darts", "nb201"):
-        p.error(f"NASP here supports --space darts (its 7- and 12-op cell spaces) and nb201, got --space {args.space}")
-    if args.space == "nb201" and args.ops is not None:
-        p.error("--ops chooses NASP's DARTS-space op set; nb201 has its own ops (without `none`)")
+    if args.space != "darts" and args.ops is not None:
+        p.error(f"--ops chooses NASP's DARTS-space op set; {args.space} has its own ops (without `none`)")
+    args.batch_size = args.batch_size or (96 if args.space.startswith("nb1shot1") else 64)
     args.ops = 7 if args.space == "darts" and args.ops is None else args.ops
     if args.space == "darts" and args.ops not in OP_SETS:
         p.error(f"--ops must be 7 (DARTS ops without `none`) or 12 (NASP's larger space), got {args.ops}")
@@ -98,6 +106,8 @@ def nasp_space(n_ops: int | None, name: str = "darts"):
     convolutions in normal cells, identity + poolings in reduction cells. nb201: its ops without `none`."""
     if name == "nb201":
         return spaces.get_space("nb201", ops=[o for o in spaces.NB201_OPS if o != "none"])
+    if name.startswith("nb1shot1"):  # maxpool / conv3x3 / conv1x1: no `none` either
+        return spaces.get_space(name)
     if n_ops == 7:
         return spaces.get_space("darts", ops=[o for o in spaces.DARTS_OPS if o != "none"])
     if n_ops == 12:
@@ -118,34 +128,57 @@ def prox_c2_(A: dict[str, torch.Tensor]) -> None:
         a.clamp_(0.0, 1.0)
 
 
-# ALGO LOGIC: prox onto C1 = one-hot argmax per edge (ties: first op). PAPER: Algorithm 2, "A_bar = prox_C1(A)"
+# ALGO LOGIC: prox onto C1 keeps one op per edge: its argmax (ties: first op). PAPER: Algorithm 2, "A_bar = prox_C1(A)"
+# DEVIATION: the kept entry is set to 1, as the official code's binarization() does; the paper's projection onto C1
+# keeps the entry's value A[e, k] (`--abar-value paper`, values=True; floored at 1e-12 so a kept edge stays kept).
 # DEVIATION: as in the official code (not in the paper's C1), only the top-2 incoming edges per node (ranked by the
 # kept raw A value, ties: lower edge) stay; the other rows are all 0, so A_bar is exactly a DARTS cell.
 # On nb201 (keep=None) every edge stays: one op per edge, the paper's C1.
 @torch.no_grad()
-def prox_c1(a: torch.Tensor, node_slices, keep: int | None = 2) -> torch.Tensor:
+def prox_c1(a: torch.Tensor, node_slices, keep: int | None = 2, values: bool = False) -> torch.Tensor:
     best_v, best_k = a.max(dim=1)
-    values, ops = best_v.tolist(), best_k.tolist()  # read once: no device sync per edge
+    scores, ops = best_v.tolist(), best_k.tolist()  # read once: no device sync per edge
     kept = []
     for start, end in node_slices:
-        kept += sorted(range(start, end), key=lambda e: -values[e])[:keep]  # stable sort: ties keep lower e
+        kept += sorted(range(start, end), key=lambda e: -scores[e])[:keep]  # stable sort: ties keep lower e
     abar = torch.zeros_like(a)
-    abar[kept, [ops[e] for e in kept]] = 1.0
+    abar[kept, [ops[e] for e in kept]] = best_v[kept].clamp_min(1e-12) if values else 1.0
     return abar
 
 
-def discretize(A: dict[str, torch.Tensor], node_slices, keep: int | None = 2) -> dict[str, torch.Tensor]:
-    return {g: prox_c1(a, node_slices, keep) for g, a in A.items()}
+# ALGO LOGIC: on NAS-Bench-1Shot1 a node's inputs are one row of candidates (`in{b}`, `out`): prox onto C1 keeps the
+# k largest entries, k = the parents the space allows (ties: lower input), the analogue of the top-2 edges above.
+@torch.no_grad()
+def prox_c1_inputs(a: torch.Tensor, k: int, values: bool = False) -> torch.Tensor:
+    top = torch.argsort(-a, dim=1, stable=True)[:, :k]
+    return torch.zeros_like(a).scatter_(1, top, a.gather(1, top).clamp_min(1e-12) if values else 1.0)
 
 
-def edges_kept(space) -> int | None:
-    """Incoming edges per node that A_bar keeps: 2 in the DARTS cell, all of them in NB201's."""
+def discretize(A: dict[str, torch.Tensor], node_slices, keep=2, values: bool = False) -> dict[str, torch.Tensor]:
+    """A_bar of every group. keep: incoming edges per node (int, or None = all); on 1Shot1 {input group: k} (each row
+    of `ops`, one per choice node, keeps its op)."""
+    if isinstance(keep, dict):
+        return {g: prox_c1_inputs(a, keep[g], values) if g in keep else prox_c1(a, [(0, len(a))], None, values)
+                for g, a in A.items()}
+    return {g: prox_c1(a, node_slices, keep, values) for g, a in A.items()}
+
+
+def edges_kept(space):
+    """What A_bar keeps per node: 2 incoming edges in the DARTS cell, all of NB201's, the allowed parents on 1Shot1."""
+    if isinstance(space, spaces.NB1Shot1Space):
+        return space.parents()
     return 2 if isinstance(space, spaces.DartsSpace) else None
 
 
-def child_specs(abar: dict[str, torch.Tensor]) -> dict[str, list]:
-    """A_bar as MixedEdge specs: the hot op's index on a kept edge (only that op runs), None on a dropped edge."""
-    return {g: [k if on else None for k, on in zip(a.argmax(1).tolist(), a.any(1).tolist())] for g, a in abar.items()}
+def child_specs(abar: dict[str, torch.Tensor], op_groups=("normal", "reduce", "ops")) -> dict[str, list]:
+    """A_bar as MixedEdge specs: the hot op's index on a kept edge (only that op runs; scaled by its entry when that
+    is not 1, --abar-value paper), None on a dropped edge. 1Shot1's input rows go in as they are (0/1 weights)."""
+    specs = {}
+    for g, a in abar.items():
+        v, k = (t.tolist() for t in a.max(1))
+        specs[g] = [None if vi == 0 else ki if vi == 1 else (a[e], ki) for e, (vi, ki) in enumerate(zip(v, k))] \
+            if g in op_groups else a
+    return specs
 
 
 class NaspEdge(spaces.MixedEdge):
@@ -181,8 +214,9 @@ def size_weights(space, device) -> dict[str, torch.Tensor]:
     """p_k / p_bar per regularised group, p_bar = sum_j p_j (a sum, as in the official code, not a mean).
     ALGO LOGIC: only normal cells are regularised, as in the official code (its 12-op reduction cells have only
     parameter-free ops). The official code has no 7-op setting; at 7 ops we keep the same rule (normal only)."""
-    p = torch.tensor(op_param_counts(space.ops["normal"]), dtype=torch.float32, device=device)
-    return {"normal": p / p.sum()} if p.sum() > 0 else {}
+    g = "ops" if isinstance(space, spaces.NB1Shot1Space) else "normal"  # 1Shot1: its one op group
+    p = torch.tensor(op_param_counts(space.ops[g]), dtype=torch.float32, device=device)
+    return {g: p / p.sum()} if p.sum() > 0 else {}
 
 
 # ALGO LOGIC: model-size regulariser R(A) = eta * sum_k (p_k / p_bar) ||a_k||^2, a_k = column k (op k over all
@@ -202,12 +236,12 @@ def mean_entropy(A: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def arch_step(model, A, arch_opt, x, y, node_slices, rel_size, reg, keep=2) -> tuple[float, float]:
+def arch_step(model, A, arch_opt, x, y, node_slices, rel_size, reg, keep=2, values=False) -> tuple[float, float]:
     """A_bar = prox_C1(A); gradient of L(w, A_bar) + R(A_bar) with respect to A_bar; Adam step on A with it.
     PAPER: Algorithm 2 (first order: no term through w), Eq. (8) for R."""
     # ALGO LOGIC: A_bar needs grad: every op on every edge is computed (dL/dA_bar needs all op outputs); with
     # NaspEdge the graph (and the backward pass) runs only through the selected op of each kept edge
-    abar = {g: a.requires_grad_(True) for g, a in discretize(A, node_slices, keep).items()}
+    abar = {g: a.requires_grad_(True) for g, a in discretize(A, node_slices, keep, values).items()}
     logits = model(x, abar)
     loss = F.cross_entropy(logits, y)
     total = loss + reg * size_penalty(abar, rel_size) if reg > 0 else loss
@@ -234,25 +268,11 @@ def weight_step(model, abar, opt, x, y, grad_clip) -> tuple[float, float]:
 
 
 def derive_genotype(space, A):
-    """The returned architecture is A_bar = prox_C1(A): per node its 2 kept edges, each with its one op.
+    """The returned architecture is A_bar = prox_C1(A): per node its 2 kept edges (1Shot1: its allowed parents),
+    each with its one op (the same cell for either --abar-value).
     DEVIATION: the official code's genotype ranks edges by softmax(A) instead, which can differ from the last A_bar;
     the paper (and the issue) return A_bar."""
-    return space.derive(discretize(A, space.node_slices, edges_kept(space)))
-
-
-@torch.no_grad()
-def evaluate(model, abar, loader, augment, device) -> tuple[float, float]:
-    """Loss and accuracy of the discrete child A_bar (as the official code's validation pass)."""
-    model.eval()
-    specs, loss, correct, n = child_specs(abar), 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = model(x, specs)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
+    return space.derive(discretize(A, getattr(space, "node_slices", None), edges_kept(space)))
 
 
 def main(argv=None) -> dict:
@@ -263,7 +283,7 @@ def main(argv=None) -> dict:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     # everything that can fail on bad input happens before the run directory exists
     space = nasp_space(args.ops, args.space)
-    keep = edges_kept(space)
+    slices, keep, values = getattr(space, "node_slices", None), edges_kept(space), args.abar_value == "paper"
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
@@ -283,7 +303,7 @@ def main(argv=None) -> dict:
              "augment_gen": gen, "data_order": paired}
     for epoch in range(run.restore(state), args.epochs + 1):
         t0, sums = time.time(), {"train_loss": 0.0, "train_acc": 0.0, "arch_loss": 0.0, "arch_acc": 0.0}
-        times, changes, prev = {"arch_step_s": 0.0, "weight_step_s": 0.0}, 0, discretize(A, space.node_slices, keep)
+        times, changes, prev = {"arch_step_s": 0.0, "weight_step_s": 0.0}, 0, discretize(A, slices, keep, values)
         for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
@@ -291,9 +311,9 @@ def main(argv=None) -> dict:
             # PairedBatches walks the shuffled architecture split, as in darts.py.
             # ALGO LOGIC: Algorithm 2 order: arch step at A_bar -> prox_C2 (clamp) -> A_bar = prox_C1(A) -> weight step
             t_arch = time.time()
-            arch_loss, arch_acc = arch_step(model, A, arch_opt, xa, ya, space.node_slices, rel_size, args.reg, keep)
+            arch_loss, arch_acc = arch_step(model, A, arch_opt, xa, ya, slices, rel_size, args.reg, keep, values)
             prox_c2_(A)
-            abar = discretize(A, space.node_slices, keep)
+            abar = discretize(A, slices, keep, values)
             t_weight = time.time()
             train_loss, train_acc = weight_step(model, abar, opt, x, y, args.grad_clip)
             times["arch_step_s"] += t_weight - t_arch
@@ -303,18 +323,17 @@ def main(argv=None) -> dict:
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v
         sched.step()
-        abar = discretize(A, space.node_slices, keep)
+        abar = discretize(A, slices, keep, values)
         genotype = derive_genotype(space, A)
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "lr": sched.get_last_lr()[0],
                    "epoch_time_s": time.time() - t0, **times, "abar_changes": changes,
                    "size_term": float(size_penalty(abar, rel_size)), "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, A)
 
-    abar = discretize(A, space.node_slices, keep)
-    test_loss, test_acc = evaluate(model, abar, test_loader, test_augment, device)
+    abar = discretize(A, slices, keep, values)
+    test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, child_specs(abar))  # the child, as the official validation
     genotype = derive_genotype(space, A)
     result = {"algorithm": "nasp", "search_space": args.space, "ops": args.ops, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,

@@ -23,6 +23,13 @@ What this file implements (Prediction with Expert Advice, one forecaster per edg
   * Network weights: the DARTS search setting (SGD 0.025 cosine, momentum 0.9, wd 3e-4, batch 64, 50 epochs, 8 cells,
     C=16, bilevel 25k/25k), architecture step on the held-out batch first, then the weight step (DARTS' order).
   * Genotype: DARTS rule on softmax(l) without `none` (space.derive); NB201: argmax per edge.
+  * NAS-Bench-1Shot1 (ALGO LOGIC, our form of XNAS there): the experts of a choice node are its 3 ops (a forecaster
+    per node, as per edge above); and a node's input mixture sum_j w_j h_j (and the output's weighted concat) is a
+    forecast over its candidate inputs, so the input rows `in{b}` / `out` are forecasters too, with the same expert
+    losses <dloss/dy, dy/dw_j>, clipping, eta (N = candidates) and update. Wipeout keeps what the space allows: an
+    input is dropped once it can no longer reach the top k (l_i < l_(k) - 2 eta L (T - t), k = the parents allowed),
+    so k inputs survive the search. Settings: 1Shot1's common one-shot training (batch 96), 50 epochs (DARTS').
+    DEVIATION: XNAS has no 1Shot1 (or NB201) run; the input forecasters and the top-k wipeout are our extension.
 Choices the paper leaves open, and departures from archai (the only public search code):
   DEVIATION: a round is one cell on one *batch* (expert losses averaged over the batch, T counts steps). archai makes
     every sample a round (batch of 1, T x B rounds, losses summed), i.e. an eta and a wipeout margin sqrt(B) larger.
@@ -32,8 +39,12 @@ Choices the paper leaves open, and departures from archai (the only public searc
 
 Reproduce the search (DARTS space, CIFAR-10, 50 epochs):
     python algos/xnas.py
-NAS-Bench-201 (as run by the GAEA authors), with the benchmark's accuracy of the derived cell each epoch:
+NAS-Bench-201 (as run by the GAEA authors), with the benchmark's accuracy of the derived cell each epoch, and
+direct search on CIFAR-100 (weights on the train set, architecture on the test set's xvalid half):
     python algos/xnas.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+    python algos/xnas.py --space nb201 --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz
+NAS-Bench-1Shot1 search space 2 (NB101 spec for train_eval.py --genotype):
+    python algos/xnas.py --space nb1shot1-2
 One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
     torchrun --nproc_per_node 8 algos/xnas.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
@@ -57,22 +68,19 @@ if not (_here / "spaces.py").exists():  # repository layout: algos/ beside space
 import data  # noqa: E402
 import spaces  # noqa: E402
 
-SUPPORTED_SPACES = ("darts", "nb201")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="XNAS search (defaults: the DARTS CIFAR-10 search setting).")
-    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space (xnas: darts or nb201)")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
     p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file (e.g. cifar-split.txt) instead of --train-portion")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
     p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=int, default=50, help="search epochs (also sets T, hence eta and the wipeout margin)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch of both steps, split over torchrun's processes (64; nb1shot1: 96)")
     p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5)")
+    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
     p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -88,9 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", default=None, help="default: xnas_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    if args.space not in SUPPORTED_SPACES:
-        p.error(f"xnas supports --space {' or '.join(SUPPORTED_SPACES)}, not {args.space} "
-                "(NAS-Bench-1Shot1 mixes inputs and outputs with weights that are not op experts on an edge)")
+    args.batch_size = args.batch_size or (96 if args.space.startswith("nb1shot1") else 64)
     if args.nb201_table and args.space != "nb201":
         p.error("--nb201-table needs --space nb201")
     if not args.expert_clip > 0:
@@ -122,12 +128,18 @@ class XnasEdge(spaces.MixedEdge):
         return sum(terms[1:], terms[0])
 
 
-def assign_cell_ranks(model) -> dict[str, int]:
+def assign_cell_ranks(model, groups=()) -> dict[str, int]:
     """Number the cells of each group in forward order and tell every XnasEdge its cell's rank. Returns the number
-    of cells per group (darts L=8: normal 6, reduce 2; nb201 N=5: normal 15)."""
+    of cells per group (darts L=8: normal 6, reduce 2; nb201 N=5: normal 15; 1Shot1: every group of `groups` is
+    used once by each of its cells, 9 at 3 per stack)."""
     counts: dict[str, int] = {}
-    for m in model.modules():  # registration order = forward order in both supernets
-        if isinstance(m, (spaces.DartsSearchCell, spaces.NB201SearchCell)):
+    for m in model.modules():  # registration order = forward order in all supernets
+        if isinstance(m, spaces.OneShotCell):
+            m.cell_rank = counts.get("ops", 0)
+            for edge in m.blocks:
+                edge.cell_rank = m.cell_rank
+            counts.update({g: m.cell_rank + 1 for g in groups})
+        elif isinstance(m, (spaces.DartsSearchCell, spaces.NB201SearchCell)):
             g = "reduce" if getattr(m, "reduction", False) else "normal"
             for edge in m.edges:
                 edge.cell_rank = counts.get(g, 0)
@@ -150,11 +162,6 @@ def mixture_weights(log_w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def learning_rate(n_experts: int, rounds: int, L: float) -> float:
     """eta = sqrt(2 ln N / (T L^2)): the Hedge learning rate that minimises the regret bound for losses in [-L, L]."""
     return math.sqrt(2.0 * math.log(n_experts) / (rounds * L * L))  # PAPER: optimal eta of the regret bound
-
-
-def mean_entropy(weights: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean entropy (nats) of the rows of each group: how far the search is from a discrete choice."""
-    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
 
 
 def per_sample_expert_losses(model, log_w, cells, x, y) -> tuple[dict[str, torch.Tensor], float, float]:
@@ -180,9 +187,10 @@ def clip_expert_losses(g: torch.Tensor, L: float) -> torch.Tensor:
 
 
 def xnas_update(log_w: torch.Tensor, loss: torch.Tensor, eta: float, L: float,
-                rounds_left: int | None) -> tuple[torch.Tensor, int]:
+                rounds_left: int | None, keep: int = 1) -> tuple[torch.Tensor, int]:
     """One exponentiated-gradient step on one group's log-weights (E, K) with the step's expert losses (E, K) (sum over
-    the group's rounds), then the wipeout with `rounds_left` = T_g - t_g rounds to go (None: no wipeout).
+    the group's rounds), then the wipeout with `rounds_left` = T_g - t_g rounds to go (None: no wipeout); an expert
+    survives while it can still reach the top `keep` (1: the leader; 1Shot1 inputs: the parents allowed).
     Returns (new log-probabilities, number of ops wiped out by this step)."""
     alive_before = torch.isfinite(log_w)
     new = log_w - eta * loss.to(log_w.dtype)  # PAPER: Alg. 1, v <- v exp(-eta grad.u); -inf stays -inf
@@ -190,20 +198,21 @@ def xnas_update(log_w: torch.Tensor, loss: torch.Tensor, eta: float, L: float,
         # PAPER: Alg. 1 wipeout, v_i < max_j v_j exp(-2 eta L (T - t)), i.e. in log space l_i < max_j l_j - 2 eta L (T - t):
         # every round moves the gap to the leader by at most 2L in reward (eta 2L in log-weight), so op i can no
         # longer overtake the leader in the rounds left.
-        threshold = new.max(dim=-1, keepdim=True).values - 2.0 * eta * L * rounds_left
+        threshold = new.topk(keep, dim=-1).values[..., -1:] - 2.0 * eta * L * rounds_left  # ALGO LOGIC: k-th best
         new = new.masked_fill(new < threshold, float("-inf"))
     new = torch.log_softmax(new, dim=-1)  # renormalise (archai never does; here it only re-centres the log-weights)
     return new, int((alive_before & ~torch.isfinite(new)).sum())
 
 
-def arch_step(model, log_w, x, y, cells, etas, L, rounds_left) -> tuple[float, float]:
+def arch_step(model, log_w, x, y, cells, etas, L, rounds_left, keep=None) -> tuple[float, float]:
     """Expert losses on the architecture batch at the current weights, clipped per sample, averaged over the batch,
     summed over the cells (rounds) of each group; then the XNAS update and wipeout of every group (in place)."""
     grads, loss, acc = per_sample_expert_losses(model, log_w, cells, x, y)
     step_losses = {g: clip_expert_losses(G, L).mean(dim=1).sum(dim=0) for g, G in grads.items()}  # (E, K) each
     data.all_reduce_mean_(list(step_losses.values()))  # torchrun: the mean over the global batch (equal shards)
     for g, step_loss in step_losses.items():
-        log_w[g], _ = xnas_update(log_w[g], step_loss, etas[g], L, None if rounds_left is None else rounds_left[g])
+        log_w[g], _ = xnas_update(log_w[g], step_loss, etas[g], L, None if rounds_left is None else rounds_left[g],
+                                  (keep or {}).get(g, 1))
     return loss, acc
 
 
@@ -220,7 +229,8 @@ def weight_step(model, log_w, opt, x, y, grad_clip) -> tuple[float, float]:
 
 def derive_genotype(space, log_w):
     """DARTS space: top-2 incoming edges per node by their best non-`none` weight, each with that op; NB201: argmax
-    per edge (spaces.*Space.derive on the mixture weights; wiped-out ops have weight 0)."""
+    per edge; 1Shot1: argmax op per node, top-k inputs (spaces.*Space.derive on the mixture weights; wiped-out ops
+    have weight 0)."""
     return space.derive(mixture_weights(log_w))
 
 
@@ -231,20 +241,6 @@ def wiped_counts(log_w) -> dict[str, int]:
 def jsonable_log_weights(log_w) -> dict[str, list]:
     """Log-weights as lists, wiped-out entries as None (JSON has no -inf)."""
     return {g: [[v if math.isfinite(v) else None for v in row] for row in lw.tolist()] for g, lw in log_w.items()}
-
-
-@torch.no_grad()
-def evaluate(model, log_w, loader, augment, device) -> tuple[float, float]:
-    model.eval()
-    weights, loss, correct, n = mixture_weights(log_w), 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = model(x, weights)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
 
 
 def main(argv=None) -> dict:
@@ -260,7 +256,8 @@ def main(argv=None) -> dict:
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     # torchrun: wiped-out ops are never computed, so DDP must expect parameters without gradient
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, edge=XnasEdge).to(device), device, True)
-    cells = assign_cell_ranks(model)
+    keep = space.parents() if isinstance(space, spaces.NB1Shot1Space) else {}  # 1Shot1: inputs each row keeps
+    cells = assign_cell_ranks(model, space.arch_shapes() if keep else ())
     if missing := [g for g in space.arch_shapes() if cells.get(g, 0) == 0]:
         raise spaces.SpaceError(f"--layers {args.layers} leaves no {' / '.join(missing)} cell to search")
     log_w = init_log_weights(space, device)
@@ -287,7 +284,7 @@ def main(argv=None) -> dict:
             rounds_left = None if args.no_wipeout else {g: cells[g] * (steps - t) for g in log_w}
             # ALGO LOGIC: architecture step first, then weight step (DARTS' order)
             with data.local_grads(model):  # torchrun: no weight gradients in this step
-                arch_loss, arch_acc = arch_step(model, log_w, xa, ya, cells, etas, L, rounds_left)
+                arch_loss, arch_acc = arch_step(model, log_w, xa, ya, cells, etas, L, rounds_left, keep)
             train_loss, train_acc = weight_step(model, log_w, opt, x, y, args.grad_clip)
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
                 sums[k] += v
@@ -295,23 +292,21 @@ def main(argv=None) -> dict:
         genotype = derive_genotype(space, log_w)
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "lr": sched.get_last_lr()[0],
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
-        metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(log_w)).items()})
+        metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(mixture_weights(log_w)).items()})
         metrics.update({f"wiped_{g}": n for g, n in wiped_counts(log_w).items()})
-        if table is not None:
-            metrics.update({f"oracle_{k}": v for k, v in table.get(str(genotype), {}).items() if "test" in k})
+        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, mixture_weights(log_w))
 
-    test_loss, test_acc = evaluate(model, log_w, test_loader, test_augment, device)
+    test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(log_w))
     genotype = derive_genotype(space, log_w)
+    gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, test_loader, test_augment, device, w), device)
     result = {"algorithm": "xnas", "search_space": args.space, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,
+              "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - run.start, "steps": steps, "rounds_per_step": cells, "eta": etas,
               "expert_clip": L, "wiped": wiped_counts(log_w), "log_weights": jsonable_log_weights(log_w)}
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype))
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        sys.exit(f"error: {err}")
+    data.cli(main)

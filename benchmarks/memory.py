@@ -1,5 +1,6 @@
 """Peak memory of one supernet training step: DARTS' full mixture (algos/darts.py) vs GAEA PC-DARTS' partial
-channels (algos/gaea_pcdarts.py, K = 4), same space (DARTS), batch, C and cells.
+channels (algos/gaea_pcdarts.py, K = 4), same space (DARTS), batch, C and cells; and DARTS' second-order step
+(darts.py --unrolled: virtual weights w', the gradient at w', two finite-difference passes) beside its first order.
 
 One training step = the architecture step (forward + backward on the architecture batch, then its update: Adam for
 DARTS, EG for GAEA PC-DARTS) followed by the weight step (forward + backward + clip + SGD on the training batch),
@@ -11,7 +12,8 @@ each algorithm through its own algos-file functions. Memory figures:
     that can include start-up). CUDA: torch.cuda.max_memory_allocated during the step - memory_allocated before.
   - saved: bytes of the tensors autograd keeps for backward during the architecture step's forward (storages
     counted once, parameters excluded): deterministic, the same on every machine.
-The issue's target: GAEA PC-DARTS' peak <= 0.45x DARTS' at the same batch.
+The issue's target: GAEA PC-DARTS' peak <= 0.45x DARTS' at the same batch. darts_unrolled / darts is reported
+for information (no target); its saved-for-backward column is '-' (the step builds four graphs one after another).
 
 Usage:
     python benchmarks/memory.py                 # batch 64, C=16, 8 cells, 32 px; CPU (and CUDA when present); 3 repeats
@@ -42,7 +44,7 @@ import darts  # noqa: E402
 import gaea_pcdarts  # noqa: E402
 import spaces  # noqa: E402
 
-ALGOS = ("darts", "gaea_pcdarts")
+ALGOS = ("darts", "gaea_pcdarts", "darts_unrolled")
 TARGET = 0.45  # GAEA PC-DARTS peak / DARTS peak, at most
 
 
@@ -52,17 +54,20 @@ def build(algo: str, C: int = 16, layers: int = 8, device="cpu", k: int = 4, see
     .arch_forward(x) = the architecture step's forward (logits, architecture weights with gradient)."""
     torch.manual_seed(seed)
     space = spaces.get_space("darts")
-    if algo == "darts":
+    if algo in ("darts", "darts_unrolled"):
         model = space.supernet(C, layers, 10).to(device)
         alphas = darts.init_alphas(space, device)
         arch_opt = torch.optim.Adam(alphas.values(), 3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
         opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
 
         def step(x, y, xa, ya):
-            darts.arch_step(model, alphas, arch_opt, xa, ya)
+            if algo == "darts_unrolled":
+                darts.unrolled_arch_step(model, alphas, arch_opt, opt, x, y, xa, ya, opt.param_groups[0]["lr"])
+            else:
+                darts.arch_step(model, alphas, arch_opt, xa, ya)
             darts.weight_step(model, alphas, opt, x, y, 5.0)
-        return SimpleNamespace(model=model, arch_params=list(alphas.values()), step=step,
-                               arch_forward=lambda x: model(x, darts.mixture_weights(alphas)))
+        arch_forward = None if algo == "darts_unrolled" else (lambda x: model(x, darts.mixture_weights(alphas)))
+        return SimpleNamespace(model=model, arch_params=list(alphas.values()), step=step, arch_forward=arch_forward)
     if algo == "gaea_pcdarts":
         model = space.supernet(C, layers, 10, edge=functools.partial(gaea_pcdarts.PartialChannelEdge, k=k)).to(device)
         layout = gaea_pcdarts.edge_layout(space)
@@ -138,9 +143,12 @@ def measure(algo: str, batch: int, C: int = 16, layers: int = 8, device="cpu", i
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def saved_bytes(algo: str, batch: int, C: int = 16, layers: int = 8, image_size: int = 32) -> int:
-    """Bytes of the distinct storages autograd saves for backward in the architecture step's forward (CPU)."""
+def saved_bytes(algo: str, batch: int, C: int = 16, layers: int = 8, image_size: int = 32) -> int | None:
+    """Bytes of the distinct storages autograd saves for backward in the architecture step's forward (CPU);
+    None for darts_unrolled (several graphs in sequence, no single architecture forward)."""
     net = build(algo, C, layers, "cpu")
+    if net.arch_forward is None:
+        return None
     x, y, _, _ = make_batch(batch, image_size)
     skip = {p.untyped_storage().data_ptr() for p in [*net.model.parameters(), *net.arch_params]}
     seen: dict[int, int] = {}
@@ -158,24 +166,28 @@ def saved_bytes(algo: str, batch: int, C: int = 16, layers: int = 8, image_size:
 
 
 def compare(batch: int, C: int, layers: int, device="cpu", repeats: int = 3, image_size: int = 32,
-            threads: int = 1, measure_fn=measure) -> dict:
-    """Median peak per algorithm over `repeats` fresh processes, and the ratio gaea_pcdarts / darts."""
-    peaks = {a: [measure_fn(a, batch, C, layers, device, image_size, threads) for _ in range(repeats)] for a in ALGOS}
+            threads: int = 1, measure_fn=measure, algos=ALGOS) -> dict:
+    """Median peak per algorithm over `repeats` fresh processes, the ratio gaea_pcdarts / darts and (information)
+    darts_unrolled / darts."""
+    peaks = {a: [measure_fn(a, batch, C, layers, device, image_size, threads) for _ in range(repeats)] for a in algos}
     med = {a: statistics.median(v) for a, v in peaks.items()}
+    ratio = (lambda a: med[a] / med["darts"] if med["darts"] and a in med else float("nan"))  # noqa: E731
     return {"device": str(device), "batch": batch, "C": C, "layers": layers, "repeats": repeats, "peaks": peaks,
-            "median": med, "ratio": med["gaea_pcdarts"] / med["darts"] if med["darts"] else float("nan")}
+            "median": med, "ratio": ratio("gaea_pcdarts"), "ratio_unrolled": ratio("darts_unrolled")}
 
 
 def format_table(results: list[dict], saved: dict | None = None) -> str:
     mib = lambda b: f"{b / 2 ** 20:9.1f}"  # noqa: E731
     lines = [f"{'device':8} {'batch':>5} {'C':>3} {'cells':>5} {'algorithm':14} {'peak MiB':>9} {'saved MiB':>9}"]
     for r in results:
-        for a in ALGOS:
-            s = mib(saved[a]) if saved else f"{'-':>9}"
+        for a in r["median"]:
+            s = mib(saved[a]) if saved and saved.get(a) is not None else f"{'-':>9}"
             lines.append(f"{r['device']:8} {r['batch']:5d} {r['C']:3d} {r['layers']:5d} {a:14} {mib(r['median'][a])} {s}")
         verdict = "OK" if r["ratio"] <= TARGET else "MISSED"
         lines.append(f"  ratio gaea_pcdarts / darts (median of {r['repeats']}): {r['ratio']:.3f}  "
                      f"(target <= {TARGET}: {verdict})")
+        if r.get("ratio_unrolled") == r.get("ratio_unrolled"):  # not NaN: darts_unrolled was measured
+            lines.append(f"  ratio darts_unrolled / darts (second / first order, information): {r['ratio_unrolled']:.3f}")
     if saved:
         lines.append(f"  saved-for-backward ratio (arch step, deterministic): {saved['gaea_pcdarts'] / saved['darts']:.3f}")
     return "\n".join(lines)

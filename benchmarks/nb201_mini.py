@@ -58,6 +58,8 @@ def run_one(label, algo, extra, seed, args, table: dict, out_dir) -> tuple[dict,
     per-epoch curve rows) read back from the run's genotype.json and metrics.jsonl."""
     if algo == "gaea_pcdarts":  # GAEA PC-DARTS warms up 10 of 50 epochs: keep that fifth at reduced length
         extra = extra + ["--warmup-epochs", str(args.epochs // 5)]
+    if algo == "gaea_gdas" and not extra:  # GAEA GDAS warms up 50 of 150 epochs (the release): keep that third
+        extra = ["--warmup-epochs", str(args.epochs // 3)]
     run_name = f"{algo}{'_'.join([''] + [e.strip('-') for e in extra if not e[0].isdigit()])}_s{seed}"
     argv = size_flags(args) + extra + ["--seed", str(seed), "--out-dir", str(out_dir / "runs"),
                                        "--run-name", run_name, "--nb201-table", str(args.table)]

@@ -87,7 +87,7 @@ def test_fisher_norm_formula():
         explicit += float(G[i, :k - 1] @ F_i @ G[i, :k - 1])
         assert (s[i, k - 1:] == 0).all()  # only the K-1 free coordinates
     assert float(s.square().sum()) == pytest.approx(explicit, rel=1e-10)
-    assert float(asng.fisher_norm_sq(G, theta, mask)) == pytest.approx(explicit, rel=1e-10)
+    assert float(torch.where(mask, G.square() / theta, 0.0).sum()) == pytest.approx(explicit, rel=1e-10)  # sum G^2/theta
 
 
 def test_range_restriction_keeps_simplex_and_floor():
@@ -176,10 +176,30 @@ def test_nb201_variables():
     idx = torch.tensor([0, 1, 2, 3, 4, 0])
     assert v.decode(idx) == {"normal": [0, 1, 2, 3, 4, 0]}
     assert str(v.genotype(idx)) == "|none~0|+|skip_connect~0|nor_conv_1x1~1|+|nor_conv_3x3~0|avg_pool_3x3~1|none~2|"
-    with pytest.raises(spaces.SpaceError):
-        asng.ArchVariables(spaces.get_space("nb1shot1-1"))
     with pytest.raises(spaces.SpaceError, match="none"):
         asng.ArchVariables(spaces.get_space("darts"))
+
+
+def test_nb1shot1_variables_sample_valid_cells():
+    """Space 2: 4 op variables, input sets C(2,1), C(3,2), C(4,2) and C(5,3) for the output; every sample decodes to
+    exactly the allowed number of inputs per node and to a valid, pruned NB101 spec."""
+    space = spaces.get_space("nb1shot1-2")
+    v = asng.ArchVariables(space)
+    assert v.categories == [3, 3, 3, 3, 2, 3, 6, 10] and v.groups[4:] == ["in2", "in3", "in4", "out"]
+    a, gen = asng.CategoricalASNG(v.categories), torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = a.sample(gen)
+        arch = v.decode(idx)
+        assert arch["ops"] == idx[:4].tolist()
+        assert {g: int(arch[g].sum()) for g in space.parents()} == space.parents()
+        g = v.genotype(idx)
+        assert g.space == "nb101" and len(g.matrix) == 7
+        pruned = g.pruned()
+        assert sum(map(sum, pruned.matrix)) <= 9
+    idx = torch.tensor([1, 2, 0, 1, 1, 0, 5, 9])  # node2 <- 1; node3 <- {0, 1}; node4 <- {2, 3}; out <- {2, 3, 4}
+    g = v.genotype(idx)
+    assert g.ops[1:5] == tuple(spaces.NB1SHOT1_OPS[k] for k in (1, 2, 0, 1))
+    assert [g.matrix[i][4] for i in range(4)] == [0, 0, 1, 1] and [g.matrix[i][6] for i in (2, 3, 4)] == [1, 1, 1]
 
 
 def count_op_calls(model):
@@ -270,7 +290,17 @@ def test_smoke_nb201_and_determinism(tmp_path, small_synthetic):
     assert r1["theta"] != {n: [1 / 5] * 5 for n in r1["theta"]}  # theta moved
 
 
-@pytest.mark.parametrize("bad", [["--space", "nb1shot1-2"], ["--nb201-table", "t.csv"], ["--lam", "1"],
+@pytest.mark.parametrize("space_name", ["nb1shot1-1", "nb1shot1-2", "nb1shot1-3"])
+def test_smoke_nb1shot1_gives_nb101_specs_and_is_deterministic(tmp_path, small_synthetic, space_name):
+    r1 = run(tmp_path, "--space", space_name, "--layers", "1", "--batch-size", "16", "--run-name", "a")
+    check_run(r1, "nb101", ("ops", "out"))
+    spec = spaces.parse_genotype(str(Path(r1["run_dir"]) / "genotype.json")).pruned()
+    assert sum(map(sum, spec.matrix)) <= 9
+    r2 = run(tmp_path, "--space", space_name, "--layers", "1", "--batch-size", "16", "--run-name", "b")
+    assert r1["genotype_str"] == r2["genotype_str"] and r1["theta"] == r2["theta"]
+
+
+@pytest.mark.parametrize("bad", [["--nb201-table", "t.csv"], ["--lam", "1"],
                                  ["--delta-init", "0"]])
 def test_bad_flags_exit_before_writing(tmp_path, bad, capsys):
     with pytest.raises(SystemExit) as exc:

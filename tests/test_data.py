@@ -176,7 +176,7 @@ def test_split_file_plain_and_errors(tmp_path):
     path.write_text(json.dumps({"train": ["int", ["0", "2"]], "valid": ["int", ["1", "3"]]}))
     w, a = data.search_split(4, bilevel=True, split_file=str(path))
     assert w.tolist() == [0, 2] and a.tolist() == [1, 3]
-    with pytest.raises(data.DataError, match="indexes up to"):
+    with pytest.raises(data.DataError, match="indexes up to 3 but the training set has 3 images"):
         data.search_split(3, bilevel=True, split_file=str(path))
     with pytest.raises(data.DataError):
         data.search_split(4, bilevel=True, split_file=str(path), split_keys=("xvalid", "xtest"))
@@ -190,6 +190,101 @@ def test_nb201_cifar_split():
     assert splits["train"][:3].tolist() == [0, 5, 7]
     w, a = data.search_split(50000, bilevel=True, split_file=str(CIFAR_SPLIT))
     assert len(np.intersect1d(w, a)) == 0 and len(np.union1d(w, a)) == 50000
+
+
+def _indexed_images(n: int) -> np.ndarray:
+    """n 2x2 images whose first pixel encodes the image's index (i % 256, i // 256, 0)."""
+    x = np.zeros((n, 2, 2, 3), np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    return x
+
+
+def _image_ids(ds) -> list[int]:
+    return (ds.x[:, 0, 0, 0].long() + 256 * ds.x[:, 1, 0, 0].long()).tolist()  # NCHW: channel 0 / 1 of pixel (0, 0)
+
+
+def _write_split(path, **keys):
+    path.write_text(json.dumps({k: ["int", [str(i) for i in v]] for k, v in keys.items()}))
+    return str(path)
+
+
+def test_direct_search_split_puts_xvalid_of_the_test_set_into_the_arch_batches(tmp_path):
+    """NB201 direct search (CIFAR-100 / ImageNet16-120 layout): weights on every training image, architecture on the
+    `xvalid` images of a 10,000-image test set, supernet test on the `xtest` images."""
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(10000)
+    xvalid, xtest = np.sort(perm[:5000]), np.sort(perm[5000:])
+    np.savez(tmp_path / "standin.npz", x_train=_indexed_images(300), y_train=np.arange(300) % 10,
+             x_test=_indexed_images(10000), y_test=np.arange(10000) % 10)
+    split = _write_split(tmp_path / "test-split.txt", xvalid=xvalid, xtest=xtest)
+    pairs, test_loader, _ = data.search_loaders(str(tmp_path / "standin.npz"), "./unused", 64, bilevel=True, seed=0,
+                                                split_file=split)
+    assert _image_ids(pairs.weight_loader.dataset) == list(range(300))
+    assert _image_ids(pairs.arch_loader.dataset) == xvalid.tolist()
+    assert _image_ids(test_loader.dataset) == xtest.tolist()
+    assert torch.equal(pairs.arch_loader.dataset.y, torch.as_tensor(xvalid % 10))  # labels travel with their images
+    erm, test_all, _ = data.search_loaders(str(tmp_path / "standin.npz"), "./unused", 64, bilevel=False, seed=0,
+                                           split_file=split)  # single-level ignores the split file
+    assert len(erm.arch_loader.dataset) == 300 and len(test_all.dataset) == 10000
+
+
+def test_split_beyond_the_data_is_one_clear_error(tmp_path):
+    """A partial test set (e.g. the 916-image CIFAR-100 subset) cannot use NB201's 10,000-index split."""
+    np.savez(tmp_path / "partial.npz", x_train=_indexed_images(50), y_train=np.arange(50) % 10,
+             x_test=_indexed_images(916), y_test=np.arange(916) % 10)
+    split = _write_split(tmp_path / "s.txt", xvalid=[1, 9999], xtest=[0, 9998])
+    with pytest.raises(data.DataError) as err:
+        data.search_loaders(str(tmp_path / "partial.npz"), "./unused", 8, bilevel=True, seed=0, split_file=split)
+    msg = str(err.value)
+    assert "indexes up to 9999" in msg and "test set has 916 images" in msg and "\n" not in msg
+    train_split = _write_split(tmp_path / "t.txt", train=[0, 1], valid=[2, 60])
+    with pytest.raises(data.DataError, match="training set has 50 images"):
+        data.search_loaders(str(tmp_path / "partial.npz"), "./unused", 8, bilevel=True, seed=0, split_file=train_split)
+
+
+def test_nb201_test_split_files(shared_data):
+    for name, n in (("cifar100-test-split", 10000), ("imagenet-16-120-test-split", 6000)):
+        s = data.read_split_file(shared_data / "nb201" / "splits" / f"{name}.txt.gz")
+        xvalid, xtest = data.test_split(s, n, name)
+        assert len(xvalid) == len(xtest) == n // 2 and len(np.union1d(xvalid, xtest)) == n
+
+
+def test_oracle_metrics_searched_dataset_first_and_c10_is_not_c100():
+    row = {"c10_valid_200": 1.0, "c10_test_200": 2.0, "c100_valid_200": 3.0, "c100_test_200": 4.0,
+           "in16_test_200": 5.0, "nats_c10_test_200": 6.0, "nats_c100_test_200": 7.0, "c10_params_M": 0.5}
+    table = {"cell": row}
+    c100 = data.oracle_metrics(table, "cell", "../shared/data/images/cifar100_partial.npz")
+    assert list(c100)[:3] == ["oracle_c100_valid_200", "oracle_c100_test_200", "oracle_nats_c100_test_200"]
+    assert c100["oracle_test"] == 4.0 and c100["oracle_valid"] == 3.0 and c100["oracle_c10_test_200"] == 2.0
+    assert "oracle_c10_valid_200" not in c100 and "oracle_c10_params_M" not in c100
+    c10 = data.oracle_metrics(table, "cell", "cifar10")
+    assert list(c10)[:4] == ["oracle_c10_valid_200", "oracle_c10_test_200", "oracle_nats_c10_test_200", "oracle_c10_params_M"]
+    assert c10["oracle_test"] == 2.0 and "oracle_c100_valid_200" not in c10
+    assert data.oracle_metrics(table, "cell", "imagenet16-120")["oracle_test"] == 5.0
+    assert data.oracle_metrics(None, "cell", "cifar10") == {} and data.oracle_metrics(table, "other", "cifar10") == {}
+    assert "oracle_test" not in data.oracle_metrics(table, "cell", "synthetic")
+
+
+class Scaled(torch.nn.Module):
+    """A model called as model(x, arch), like the supernets: a linear map scaled by `arch`."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(12, 3)
+
+    def forward(self, x, scale):
+        return self.linear(x.flatten(1)) * scale
+
+
+def test_evaluate_restores_train_mode_and_averages():
+    model = Scaled()
+    with torch.no_grad():
+        model.linear.weight.zero_(), model.linear.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    ds = data.ArrayDataset(np.zeros((10, 2, 2, 3), np.uint8), np.arange(10) % 3)
+    loss, acc = data.evaluate(model, data.make_loader(ds, 4, shuffle=False, seed=0), lambda x: x.float(), "cpu", 2.0)
+    assert acc == pytest.approx(4 / 10) and model.training  # labels 0 in 4 of 10; train mode restored
+    logits = torch.tensor([[2.0, 0.0, 0.0]]).repeat(10, 1)
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, torch.arange(10) % 3)))
 
 
 def test_make_loader_batches_and_determinism():

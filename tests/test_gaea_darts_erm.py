@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -212,3 +213,37 @@ def test_diff_against_darts_stays_small():
     assert added <= 55, f"{added} lines of gaea_darts_erm.py differ from darts.py"
     assert len(new) < 400
     assert "import darts" not in "\n".join(new)
+
+
+def test_tiny_direct_search_on_a_cifar100_stand_in(tmp_path, monkeypatch):
+    """GAEA's Table 2 direct-search rows on a synthetic CIFAR-100 stand-in: weights on all 48 training images, theta on
+    the xvalid half of the 40-image test set, the supernet tested on the xtest half; the oracle's CIFAR-100 columns
+    come first in the log and `oracle_test` is the CIFAR-100 test accuracy of the derived cell."""
+    arrays = data.make_synthetic(48, 40, image_size=8)
+    np.savez(tmp_path / "cifar100_standin.npz", **arrays)
+    perm = np.random.default_rng(1).permutation(40)
+    split = tmp_path / "cifar100-test-split.txt"
+    split.write_text(json.dumps({"xvalid": ["int", [str(i) for i in perm[:20]]], "xtest": ["int", [str(i) for i in perm[20:]]]}))
+    table = tmp_path / "table.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arch_str", "c10_test_200", "c100_valid_200", "c100_test_200"])
+        for i, ops in enumerate(itertools.product(NB201_OPS_NO_NONE, repeat=6)):
+            writer.writerow([f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|", i, -i, 1000 + i])
+    seen, real = {}, data.search_loaders
+
+    def spy(*args, **kwargs):
+        seen["out"] = real(*args, **kwargs)
+        return seen["out"]
+
+    monkeypatch.setattr(data, "search_loaders", spy)
+    res = gaea.main(["--dataset", str(tmp_path / "cifar100_standin.npz"), "--bilevel", "--split-file", str(split),
+                     "--nb201-table", str(table), "--epochs", "1", "--C", "4", "--layers", "1", "--batch-size", "8",
+                     "--device", "cpu", "--out-dir", str(tmp_path / "runs")])
+    paired, test_loader, _ = seen["out"]
+    assert len(paired.weight_loader.dataset) == 48 and len(paired.arch_loader.dataset) == 20 and len(test_loader.dataset) == 20
+    assert torch.equal(paired.arch_loader.dataset.x, torch.from_numpy(arrays["x_test"][perm[:20]]).permute(0, 3, 1, 2))
+    m = json.loads((Path(res["run_dir"]) / "metrics.jsonl").read_text().splitlines()[-1])
+    oracle = [k for k in m if k.startswith("oracle_")]
+    assert oracle[:2] == ["oracle_c100_valid_200", "oracle_c100_test_200"] and "oracle_c10_test_200" in oracle
+    assert m["oracle_test"] == data.load_table(str(table))[res["genotype_str"]]["c100_test_200"] >= 1000

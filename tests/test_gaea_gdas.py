@@ -14,7 +14,7 @@ import gaea_gdas as G
 import spaces
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--batch-size", "16", "--C", "4", "--epochs", "1", "--device", "cpu"]
+TINY = ["--batch-size", "16", "--C", "4", "--epochs", "1", "--warmup-epochs", "0", "--device", "cpu"]
 
 
 
@@ -28,13 +28,14 @@ def test_defaults_are_the_issue_settings():
     a = G.parse_args([])
     assert (a.space, a.C, a.layers, a.batch_size, a.epochs, a.lr, a.lr_min) == ("nb201", 16, None, 64, 150, 0.025, 0.001)
     assert (a.arch_update, a.arch_lr, a.kl_coef, a.arch_wd, a.arch_betas) == ("eg", 0.1, 0.01, None, None)
-    assert (a.tau_max, a.tau_min, a.warmup_epochs) == (10.0, 0.1, 0)
+    assert (a.tau_max, a.tau_min, a.warmup_epochs) == (10.0, 0.1, 50)  # the release's 50 warm-up epochs
     b = G.parse_args(["--arch-update", "softmax-adam"])
-    assert (b.arch_lr, tuple(b.arch_betas), b.arch_wd, b.kl_coef) == (3e-4, (0.5, 0.999), 1e-3, None)
+    assert (b.arch_lr, tuple(b.arch_betas), b.arch_wd, b.kl_coef, b.warmup_epochs) == (3e-4, (0.5, 0.999), 1e-3, None, 0)
+    c = G.parse_args(["--space", "nb1shot1-2"])  # 1Shot1's GDAS setting
+    assert (c.epochs, c.batch_size, c.tau_max, c.tau_min, c.warmup_epochs) == (100, 96, 10.0, 1.0, 0)
 
 
 @pytest.mark.parametrize("bad", [
-    ["--space", "nb1shot1-1"],
     ["--arch-update", "softmax-adam", "--kl-coef", "0.1"],
     ["--arch-wd", "0.001"],
     ["--arch-betas", "0.9", "0.99"],
@@ -54,7 +55,7 @@ def test_unsupported_combinations_fail_before_writing(tmp_path, capsys, tiny_npz
 def test_cli_bad_dataset_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "algos" / "gaea_gdas.py"), "--dataset", str(tmp_path / "missing.npz"),
-                           "--out-dir", str(out), "--epochs", "1"], capture_output=True, text=True, timeout=120)
+                           "--out-dir", str(out), "--epochs", "1", "--warmup-epochs", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:")
@@ -203,6 +204,35 @@ def test_smoke_run_writes_results(tmp_path, tiny_npz, space_name, layers, update
             assert torch.allclose(a.sum(-1), torch.ones(len(a)), atol=1e-4) and (a >= 1e-5).all()
             assert not torch.allclose(a, torch.full_like(a, 1 / a.shape[-1]))  # the EG step moved it
         assert math.isfinite(metrics[-1]["arch_loss"])
+
+
+def test_gumbel_top_k_is_a_k_hot_straight_through_row():
+    logp = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).requires_grad_(True)
+    noise = torch.tensor([[0.5, 0.0, -1.0, 0.2]])
+    hard, _ = G.straight_through(logp, noise, tau=2.0, k=2)
+    z = (logp + noise).detach()
+    assert torch.equal(hard.detach(), G.top_k_mask(z, 2)) and hard.detach().tolist() == [[0.0, 1.0, 0.0, 1.0]]  # log p + g = -1.80, -1.61, -2.20, -0.72
+    w = torch.randn(1, 4)
+    (hard * w).sum().backward()
+    probe = logp.detach().clone().requires_grad_(True)
+    (F.softmax((probe + noise) / 2.0, dim=-1) * w).sum().backward()
+    assert torch.allclose(logp.grad, probe.grad)
+
+
+@pytest.mark.parametrize("update", ["eg", "softmax-adam"])
+@pytest.mark.parametrize("space_name", ["nb1shot1-1", "nb1shot1-2", "nb1shot1-3"])
+def test_nb1shot1_smoke_valid_nb101_spec_and_deterministic(tmp_path, tiny_npz, space_name, update):
+    space = spaces.get_space(space_name)
+    arch = G.init_arch(space, update, "cpu")
+    child = G.sample_child(arch, update, torch.Generator().manual_seed(0), space.parents())
+    assert len(child["ops"]) == space.n and {g: int(child[g].sum()) for g in space.parents()} == space.parents()
+    extra = ["--space", space_name, "--layers", "1", "--epochs", "2", "--arch-update", update]
+    r1, r2 = (run(tmp_path, tiny_npz, *extra, name=n) for n in ("a", "b"))
+    spec = spaces.parse_genotype(str(Path(r1["run_dir"]) / "genotype.json"))
+    assert spec.space == "nb101" and str(spec) == r1["genotype_str"] and sum(map(sum, spec.pruned().matrix)) <= 9
+    assert r1["alphas"] == r2["alphas"] and r1["genotype_str"] == r2["genotype_str"]
+    if update == "eg":
+        assert r1["alphas"]["out"] != [[0.2] * 5 if space_name != "nb1shot1-3" else [1 / 6] * 6]  # EG moved it
 
 
 def test_same_seed_same_search_other_seed_differs(tmp_path, tiny_npz):

@@ -185,7 +185,7 @@ def test_smoke_every_space_both_arch_updates(tmp_path, tiny_npz, space, mode):
         for g, v in res["edges"].items():
             assert all(abs(seg.sum().item() - 1) < 1e-5 for seg in gp.segments(torch.tensor(v), layout[g]))
     else:
-        assert json.loads((run / "args.json").read_text())["arch_lr"] == 6e-4
+        assert json.loads((run / "args.json").read_text())["arch_lr"] == (3e-4 if space.startswith("nb1shot1") else 6e-4)
 
 
 @pytest.mark.parametrize("mode", ["eg", "softmax-adam"])
@@ -201,6 +201,9 @@ def test_defaults_follow_the_papers():
     eg, sa = gp.parse_args([]), gp.parse_args(["--arch-update", "softmax-adam"])
     assert (eg.arch_lr, eg.edge_lr, eg.warmup_epochs, eg.batch_size, eg.lr, eg.epochs) == (0.1, 0.1, 10, 256, 0.1, 50)
     assert (sa.arch_lr, sa.arch_wd, sa.arch_betas, sa.warmup_epochs) == (6e-4, 1e-3, (0.5, 0.999), 15)
+    e1, s1 = gp.parse_args(["--space", "nb1shot1-1"]), gp.parse_args(["--space", "nb1shot1-1", "--arch-update", "softmax-adam"])
+    assert (e1.epochs, e1.batch_size, e1.lr, e1.lr_min, e1.warmup_epochs, e1.arch_lr) == (100, 96, 0.025, 0.001, 10, 0.1)
+    assert (s1.epochs, s1.batch_size, s1.warmup_epochs, s1.arch_lr, s1.arch_wd) == (100, 96, 0, 3e-4, 1e-3)
     assert eg.partial_k == 4 and eg.C == 16 and eg.grad_clip == 5.0 and eg.wd == 3e-4 and eg.lr_min == 0.0
 
 
@@ -238,11 +241,12 @@ def test_memory_benchmark_logic_at_a_tiny_size():
         assert any(not torch.equal(p, q) for p, q in zip(net.arch_params, before))
     saved = {a: memory.saved_bytes(a, batch=2, C=8, layers=3, image_size=8) for a in memory.ALGOS}
     assert 0 < saved["gaea_pcdarts"] < memory.TARGET * saved["darts"]  # partial channels keep far fewer activations
-    fake = {"darts": 1000, "gaea_pcdarts": 300}
+    assert saved["darts_unrolled"] is None  # no single architecture forward to hook
+    fake = {"darts": 1000, "gaea_pcdarts": 300, "darts_unrolled": 1500}
     res = memory.compare(4, 8, 3, "cpu", repeats=3, measure_fn=lambda a, *rest: fake[a])
-    assert res["median"] == fake and res["ratio"] == pytest.approx(0.3)
+    assert res["median"] == fake and res["ratio"] == pytest.approx(0.3) and res["ratio_unrolled"] == pytest.approx(1.5)
     table = memory.format_table([res], saved)
-    assert "0.300" in table and "OK" in table and "gaea_pcdarts" in table
+    assert "0.300" in table and "OK" in table and "gaea_pcdarts" in table and "1.500" in table
     with pytest.raises(ValueError):
         memory.build("enas")
 

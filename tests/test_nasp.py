@@ -235,6 +235,55 @@ def test_nb201_keeps_every_edge_one_op_each_and_logs_the_oracle(tmp_path, shared
     assert m["genotype"] == str(g) and 0 < m["oracle_c10_test_200"] <= 100
 
 
+def test_abar_value_paper_keeps_the_entry_and_scales_the_child():
+    """--abar-value paper: A_bar[e, k*] = A[e, k*] (projection onto C1) on the same support as the official 0/1 A_bar;
+    the child then runs only op k* scaled by that entry."""
+    a = torch.rand(14, 7, generator=torch.Generator().manual_seed(3))
+    one, paper = nasp.prox_c1(a, SLICES), nasp.prox_c1(a, SLICES, values=True)
+    assert torch.equal(one != 0, paper != 0) and torch.equal(paper[one != 0], a[one != 0])
+    specs = nasp.child_specs({"normal": paper})["normal"]
+    for e, spec in enumerate(specs):
+        if one[e].any():
+            w, k = spec
+            assert k == int(one[e].argmax()) and float(w[k]) == float(a[e, k])
+        else:
+            assert spec is None
+
+
+@pytest.mark.parametrize("space_name", ["nb1shot1-1", "nb1shot1-2", "nb1shot1-3"])
+def test_nb1shot1_abar_keeps_the_allowed_inputs(space_name):
+    space = nasp.nasp_space(None, space_name)
+    keep = nasp.edges_kept(space)
+    A = random_A(space, seed=1)
+    abar = nasp.discretize(A, None, keep)
+    assert torch.equal(abar["ops"].sum(1), torch.ones(space.n)) and torch.equal(abar["ops"].argmax(1), A["ops"].argmax(1))
+    for g, k in keep.items():  # the k largest inputs, 0/1
+        assert int(abar[g].sum()) == k and set(abar[g].unique().tolist()) <= {0.0, 1.0}
+        assert set(abar[g][0].nonzero().flatten().tolist()) == set(torch.topk(A[g][0].detach(), k).indices.tolist())
+    specs = nasp.child_specs(abar)
+    assert specs["ops"] == A["ops"].argmax(1).tolist() and all(torch.equal(specs[g], abar[g]) for g in keep)
+    spec = nasp.derive_genotype(space, A)
+    assert spec.space == "nb101" and sum(map(sum, spec.pruned().matrix)) <= 9
+
+
+@pytest.mark.parametrize("space_name", ["nb1shot1-1", "nb1shot1-2", "nb1shot1-3"])
+def test_smoke_nb1shot1_nb101_spec_and_deterministic(tmp_path, space_name):
+    args = TINY + ["--space", space_name, "--layers", "1", "--reg", "0.1"]
+    r1 = nasp.main(args + ["--out-dir", str(tmp_path / "a")])
+    r2 = nasp.main(args + ["--out-dir", str(tmp_path / "b")])
+    g = spaces.parse_genotype(str(Path(r1["run_dir"]) / "genotype.json"))
+    assert g.space == "nb101" and str(g) == r1["genotype_str"] and sum(map(sum, g.pruned().matrix)) <= 9
+    assert r1["genotype"] == r2["genotype"] and r1["alphas"] == r2["alphas"]
+    r3 = nasp.main(args + ["--abar-value", "paper", "--out-dir", str(tmp_path / "c")])
+    assert spaces.parse_genotype(str(Path(r3["run_dir"]) / "genotype.json")).space == "nb101"
+    if space_name == "nb1shot1-2":  # the search's genotype.json retrains with train_eval.py's NB101 protocol
+        import train_eval
+        ev = train_eval.main(["--genotype", str(Path(r1["run_dir"]) / "genotype.json"), "--dataset", "synthetic",
+                              "--epochs", "1", "--batch-size", "16", "--C", "4", "--layers", "1", "--device", "cpu",
+                              "--out-dir", str(tmp_path / "eval"), "--train-subset", "32"])
+        assert ev["protocol"].startswith("nb101")
+
+
 def test_deterministic(tmp_path):
     r1 = nasp.main(TINY + ["--ops", "12", "--out-dir", str(tmp_path / "a")])
     r2 = nasp.main(TINY + ["--ops", "12", "--out-dir", str(tmp_path / "b")])
@@ -245,7 +294,7 @@ def test_deterministic(tmp_path):
 @pytest.mark.parametrize("extra, needle", [
     (["--ops", "5"], "--ops must be 7"),
     (["--ops", "8"], "--ops must be 7"),
-    (["--space", "nb1shot1-1"], "supports --space darts"),
+    (["--space", "nb1shot1-1", "--ops", "7"], "--ops chooses"),
     (["--space", "nb201", "--ops", "12"], "--ops chooses"),
     (["--nb201-table", "x.csv"], "--nb201-table needs --space nb201"),
     (["--reg", "-1"], "--reg must be >= 0"),
