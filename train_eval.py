@@ -47,7 +47,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
