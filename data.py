@@ -24,6 +24,7 @@ Conventions (NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `util
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import datetime
@@ -41,6 +42,8 @@ import sys
 import tempfile
 import time
 import urllib.error
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,17 +74,133 @@ class DataInfo:
     std: tuple
     crop_pad: int  # 4 for 32 px data, 2 for 16 px ImageNet16
     loader_augments: bool = False  # ImageFolder data: crop and flip happen in the loader, Augment only normalises
+    channels: int = 3  # input channels of the images: the stem of every network takes this many
 
 
 def _info(name: str, num_classes: int, image_size: int, mean255, std255) -> DataInfo:
     return DataInfo(name, num_classes, image_size, tuple(float(m) / 255 for m in mean255),
-                    tuple(float(s) / 255 for s in std255), max(1, image_size // 8))
+                    tuple(float(s) / 255 for s in std255), max(1, image_size // 8), channels=len(mean255))
 
 
 def _channel_stats(x: np.ndarray) -> tuple[tuple, tuple]:
     """Per-channel mean and std of NHWC uint8 images, in 0..255 units."""
     axes = tuple(range(x.ndim - 1))
     return tuple(x.mean(axes, dtype=np.float64).tolist()), tuple(x.std(axes, dtype=np.float64).tolist())
+
+
+# -------------------------------------------------------------------------------------- argument types
+# argparse `type=` helpers: a bad value stops the parser with its usage and one "argument --x: ..." line.
+def _parse_number(text: str, kind, test, need: str):
+    try:
+        value = kind(text) if text.isascii() else None
+    except ValueError:
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)) or not test(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _parse_number(text, int, lambda v: v > 0, "an integer >= 1")
+
+
+def int_at_least(low: int):
+    """type= for integers >= low, e.g. int_at_least(2)."""
+    def check(text: str) -> int:
+        return _parse_number(text, int, lambda v: v >= low, f"an integer >= {low}")
+    check.__name__ = f"int_at_least_{low}"
+    return check
+
+
+def nonneg_int(text: str) -> int:
+    return _parse_number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def seed(text: str) -> int:
+    return _parse_number(text, int, lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2**32)")
+
+
+def positive_float(text: str) -> float:
+    return _parse_number(text, float, lambda v: v > 0, "a finite number > 0")
+
+
+def nonneg_float(text: str) -> float:
+    return _parse_number(text, float, lambda v: v >= 0, "a finite number >= 0")
+
+
+def unit_interval(text: str) -> float:
+    """Open (0, 1), e.g. --train-portion (both sides of the split non-empty)."""
+    return _parse_number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def fraction(text: str) -> float:
+    """Half-open [0, 1), e.g. Adam betas, momentum, drop-path probability, label smoothing."""
+    return _parse_number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def run_name(text: str) -> str:
+    """One directory name under --out-dir: no path separators, not empty, not '.' or '..'."""
+    if text in ("", ".", "..") or any(c in text for c in "/\\\0"):
+        raise argparse.ArgumentTypeError(f"must be a plain directory name (no '/', not '.' or '..'), got {text!r}")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """A directory that exists or can be created: no existing file on the path, and writable."""
+    path = Path(text or ".").absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text!r}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise argparse.ArgumentTypeError(f"{text!r}: {parent} is not writable")
+            break
+    return text
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N' or 'mps' -> a torch.device that exists here;
+    DataError (one line) otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise DataError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DataError(f"device {name!r}: no CUDA device is available here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= n:
+            raise DataError(f"device {name!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise DataError(f"device {name!r} is not available here; use auto, cpu, cuda or cuda:N")
+
+
+def device_name(text: str) -> str:
+    """argparse type for --device: the name, checked with resolve_device (resolved again in main)."""
+    try:
+        resolve_device(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text
+
+
+def check_search_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-flag checks every search command line shares; parser.error prints usage + one line (exit 2)."""
+    if args.nb201_table and args.space != "nb201":
+        parser.error("--nb201-table needs --space nb201")
+    if args.space == "darts" and args.layers is not None and args.layers < 3:
+        parser.error(f"--layers {args.layers}: the DARTS space needs >= 3 cells (reduction cells sit at layers//3 "
+                     f"and 2*layers//3, so fewer leave no normal cell to search)")
+    bilevel = args.bilevel if hasattr(args, "bilevel") else not args.single_level
+    if not bilevel and (args.split_file or args.train_portion != 0.5):
+        how = "need --bilevel" if hasattr(args, "bilevel") else "do nothing with --single-level"
+        parser.error(f"--split-file / --train-portion choose the bilevel split: they {how}")
 
 
 # ----------------------------------------------------------------------------------------------- arrays
@@ -128,30 +247,121 @@ def _load_imagenet16(data_dir: str, num_classes: int = 120) -> dict:
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
 
 
+CHANNELS = (1, 3)  # recognised image channels: grayscale and RGB
+MIN_IMAGE_SIZE = 8  # smaller images leave 1x1 maps after two reductions, where batch norm breaks
+
+
+def _to_nhwc(x: np.ndarray, where: str) -> np.ndarray:
+    """(N, H, W) grayscale, (N, H, W, C) or (N, C, H, W) with C in CHANNELS -> (N, H, W, C). A 4-D shape that reads
+    both ways (e.g. (N, 3, 3, 3)) is channel-last, unless only the channel-first reading gives square images."""
+    if x.ndim == 3:
+        return x[..., None]
+    if x.ndim == 4:
+        last, first = x.shape[3] in CHANNELS, x.shape[1] in CHANNELS
+        if first and (not last or (x.shape[2] == x.shape[3] and x.shape[1] != x.shape[2])):
+            return x.transpose(0, 2, 3, 1)
+        if last:
+            return x
+    raise DataError(f"{where} has shape {x.shape}; recognised image layouts: (N, H, W) grayscale, (N, H, W, C) or "
+                    f"(N, C, H, W) with C = 1 or 3")
+
+
+def _to_uint8(xs: list, where: str) -> list:
+    """Pixels as uint8: integers must lie in 0..255; floats in [0, 1] are scaled by 255 (both arrays decide
+    together), floats in [0, 255] are rounded; anything else (NaN, normalised data) is refused."""
+    kinds = {x.dtype.kind for x in xs}
+    if kinds <= {"u", "i", "f"} and not (kinds == {"u"} and all(x.dtype == np.uint8 for x in xs)):
+        if "f" in kinds and not all(np.isfinite(x).all() for x in xs):
+            raise DataError(f"{where}: images contain NaN or infinite pixels")
+        lo, hi = min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: pixel values span [{lo:.4g}, {hi:.4g}]; store raw pixels (uint8 0..255, or "
+                            f"floats in [0, 1] or [0, 255]), not normalised ones")
+        scale = 255.0 if "f" in kinds and hi <= 1.0 else 1.0
+        return [np.rint(x * scale).astype(np.uint8) if x.dtype.kind == "f" else x.astype(np.uint8) for x in xs]
+    if kinds - {"u", "i", "f"}:
+        raise DataError(f"{where}: pixels must be numbers (uint8, integers 0..255, floats), got "
+                        f"{', '.join(sorted(str(x.dtype) for x in xs))}")
+    return xs
+
+
+def _labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    """One non-negative integer label per image: shape (N,) or (N, 1); integer dtype, or floats with integer values."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        hint = " (one-hot? store the argmax)" if y.ndim == 2 else ""
+        raise DataError(f"{where} must hold one integer label per image, shape (N,), got {y.shape}{hint}")
+    if len(y) != n:
+        raise DataError(f"{where} has {len(y)} labels for {n} images")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and (y == np.round(y)).all()):
+        raise DataError(f"{where} has non-integer labels (e.g. {y[np.isfinite(y) & (y != np.round(y))][:1].tolist() or 'NaN'})")
+    if y.dtype.kind not in "uif":
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if n and (y.min() < 0 or y.max() >= 2 ** 31):
+        raise DataError(f"{where}: labels must be integers in 0..K-1, got values from {y.min()} to {y.max()}")
+    return y.astype(np.int64)
+
+
+def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tuple[dict, int]:
+    """Validates and normalises {'x_train','y_train','x_test','y_test'} for every dataset: uint8 NHWC images of one
+    square size >= MIN_IMAGE_SIZE (layouts and dtypes as _to_nhwc / _to_uint8 accept), one label each, labels
+    0..K-1. K = num_classes when given, else max(y_train) + 1 with every class present in y_train (a stray label
+    would otherwise build a network with thousands of empty classes). Returns (arrays, K)."""
+    out = {}
+    for split in ("train", "test"):
+        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
+        if x.size == 0:
+            raise DataError(f"{where}: x_{split} is empty (shape {x.shape})")
+        out[f"x_{split}"] = _to_nhwc(x, f"{where}: x_{split}")
+        out[f"y_{split}"] = _labels(y, len(x), f"{where}: y_{split}")
+    out["x_train"], out["x_test"] = _to_uint8([out["x_train"], out["x_test"]], where)
+    shape, test_shape = out["x_train"].shape[1:], out["x_test"].shape[1:]
+    if shape != test_shape:
+        raise DataError(f"{where}: train images are {shape} (H, W, C), test images {test_shape}; they must match")
+    if shape[0] != shape[1] or shape[0] < MIN_IMAGE_SIZE:
+        raise DataError(f"{where}: images are {shape[0]}x{shape[1]} px; square images of >= {MIN_IMAGE_SIZE} px needed")
+    present = np.unique(out["y_train"])
+    if num_classes is None:
+        num_classes = int(present[-1]) + 1
+        if len(present) != num_classes:
+            raise DataError(f"{where}: y_train labels go up to {num_classes - 1} but only {len(present)} of the "
+                            f"classes 0..{num_classes - 1} occur; labels must be 0..K-1 with every class present")
+    top = max(int(present[-1]), int(out["y_test"].max()))
+    if top >= num_classes:
+        raise DataError(f"{where}: label {top} does not exist (y_train has classes 0..{num_classes - 1})")
+    if out["x_train"].min() == out["x_train"].max():
+        raise DataError(f"{where}: every training pixel is {out['x_train'].flat[0]}; there is nothing to learn")
+    return out, num_classes
+
+
 def _load_npz(path: str) -> tuple[dict, DataInfo]:
     if not Path(path).is_file():
-        raise DataError(f"npz file not found: {path}")
-    with np.load(path) as d:
-        fine = "y_train" not in d.files and "y_train_fine" in d.files
-        suffix = "_fine" if fine else ""
-        keys = ("x_train", f"y_train{suffix}", "x_test", f"y_test{suffix}")
-        absent = [k for k in keys if k not in d.files]
-        if absent:
-            raise DataError(f"{path} lacks keys {absent}; an npz dataset needs x_train, y_train, x_test, y_test")
-        arrays = {k.replace("_fine", ""): d[k] for k in keys}
-    for k in ("x_train", "x_test"):
-        if arrays[k].dtype != np.uint8 or arrays[k].ndim != 4 or arrays[k].shape[-1] != 3:
-            raise DataError(f"{path}: {k} must be uint8 NHWC with 3 channels, got {arrays[k].dtype} {arrays[k].shape}")
-    for k in ("y_train", "y_test"):
-        arrays[k] = arrays[k].astype(np.int64)
-    num_classes = 100 if fine else int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-    fname = Path(path).name.lower()
-    if "cifar100" in fname:
+        raise DataError(f"npz file not found: {path}" + (" is a directory" if Path(path).is_dir() else ""))
+    try:
+        d = np.load(path)
+        if not isinstance(d, np.lib.npyio.NpzFile):  # a .npy array saved under an .npz name
+            raise DataError(f"{path} is a single .npy array, not an .npz with x_train, y_train, x_test, y_test")
+        with d:
+            fine = "y_train" not in d.files and "y_train_fine" in d.files
+            suffix = "_fine" if fine else ""
+            keys = ("x_train", f"y_train{suffix}", "x_test", f"y_test{suffix}")
+            absent = [k for k in keys if k not in d.files]
+            if absent:
+                raise DataError(f"{path} lacks keys {absent}; an npz dataset needs x_train, y_train, x_test, y_test")
+            arrays = {k.replace("_fine", ""): d[k] for k in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
+        raise DataError(f"{path} is not a readable .npz of numeric arrays ({type(err).__name__}: "
+                        f"{' '.join(str(err).split())[:120]})") from err
+    arrays, num_classes = check_arrays(arrays, path, 100 if fine else None)
+    fname, channels = Path(path).name.lower(), arrays["x_train"].shape[-1]
+    if "cifar100" in fname and channels == 3:
         mean, std = CIFAR100_MEAN, CIFAR100_STD
-    elif "cifar10" in fname:
+    elif "cifar10" in fname and channels == 3:
         mean, std = CIFAR10_MEAN, CIFAR10_STD
     else:
         mean, std = _channel_stats(arrays["x_train"])
+        std = tuple(max(s, 1.0) for s in std)  # a constant channel: no division by zero
     return arrays, _info(path, num_classes, arrays["x_train"].shape[1], mean, std)
 
 
@@ -184,13 +394,14 @@ def load_arrays(dataset: str, data_dir: str = "./data", download: bool = True,
     if dataset.endswith(".npz"):
         return _load_npz(dataset)
     if dataset in ("cifar10", "cifar100"):
-        arrays = _load_cifar(dataset, data_dir, download)
+        arrays, k = check_arrays(_load_cifar(dataset, data_dir, download), dataset, 10 if dataset == "cifar10" else 100)
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if dataset == "cifar10" else (CIFAR100_MEAN, CIFAR100_STD)
-        return arrays, _info(dataset, 10 if dataset == "cifar10" else 100, 32, mean, std)
+        return arrays, _info(dataset, k, 32, mean, std)
     if dataset == "imagenet16-120":
-        return _load_imagenet16(data_dir), _info(dataset, 120, 16, IMAGENET16_MEAN, IMAGENET16_STD)
+        arrays, k = check_arrays(_load_imagenet16(data_dir), dataset, 120)
+        return arrays, _info(dataset, k, 16, IMAGENET16_MEAN, IMAGENET16_STD)
     if dataset == "synthetic":
-        arrays = make_synthetic(*synthetic_size, image_size=image_size)
+        arrays, _ = check_arrays(make_synthetic(*synthetic_size, image_size=image_size), dataset, 10)
         mean, std = _channel_stats(arrays["x_train"])
         return arrays, _info(dataset, 10, image_size, mean, std)
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)} or a path ending in .npz")
@@ -299,7 +510,10 @@ class Augment:
         rows = off[0, :, None] + ar_h
         cols = off[1, :, None] + torch.where(flip[:, None], w - 1 - ar_w, ar_w)
         batch = torch.arange(n, device=x.device)[:, None, None]
-        return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        # a plain NCHW copy: the channels-last view (also with 1 channel, where .contiguous() keeps its strides) made
+        # CPU conv backward corrupt memory at 64 px (torch 2.x, FactorizedReduce's strided 1x1 convs)
+        out = padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        return out.clone(memory_format=torch.contiguous_format)
 
     def _cutout(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -322,15 +536,15 @@ def add_common_args(p) -> None:
     """The flags every search script has and none tunes: data, split, oracle table, seed, device, output."""
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
-    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--train-portion", type=unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion: cifar-split.txt "
                    "(CIFAR-10 train/valid halves) or cifar100- / imagenet-16-120-test-split.txt (direct search: weights on "
                    "the whole training set, architecture on the test set's xvalid half)")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--train-subset", type=nonneg_int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--seed", type=seed, default=2, help="random seed")
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
 
 
 def cli(main) -> None:
@@ -343,16 +557,22 @@ def cli(main) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- search
+def _split_index(i) -> int:
+    if isinstance(i, bool) or not (isinstance(i, int) or (isinstance(i, str) and i.isascii() and i.isdigit())):
+        raise ValueError(f"index {i!r} is not a non-negative integer")
+    return int(i)
+
+
 def read_split_file(path) -> dict[str, np.ndarray]:
     """Reads an NB201 split file (`{name: ["int", ["0", "5", ...]]}`, plain or .gz) into {name: int64 indices}."""
     opener = gzip.open if str(path).endswith(".gz") else open
     try:
         with opener(path, "rt") as f:
             raw = json.load(f)
-        return {k: np.asarray(v[1], dtype=np.int64) for k, v in raw.items()}
+        return {k: np.asarray([_split_index(i) for i in v[1]], dtype=np.int64) for k, v in raw.items()}
     except FileNotFoundError as e:
         raise DataError(f"split file not found: {path}") from e
-    except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+    except (json.JSONDecodeError, AttributeError, IndexError, KeyError, TypeError, ValueError, OSError, EOFError) as e:
         raise DataError(f"{path} is not an NB201 split file ({{name: ['int', [indices]]}}): {e}") from e
 
 
@@ -360,7 +580,9 @@ TEST_SPLIT_KEYS = ("xvalid", "xtest")  # NB201's halves of the test (validation)
 
 
 def _check_indices(idx: np.ndarray, n: int, split_file, what: str) -> np.ndarray:
-    if len(idx) and (idx.max() >= n or idx.min() < 0):
+    if len(idx) == 0:
+        raise DataError(f"{split_file}: a split for the {what} is empty")
+    if idx.max() >= n or idx.min() < 0:
         raise DataError(f"{split_file} indexes up to {idx.max()} but the {what} has {n} images (the split file needs "
                         f"the full dataset; a partial .npz or --train-subset cannot use it)")
     return idx
@@ -428,6 +650,13 @@ class PairedBatches:
         self._arch_iter = None  # the next architecture batch comes from the restored pass
 
 
+def take_subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first n training images (--train-subset; 0 = all); DataError when n exceeds the data."""
+    if n > len(y):
+        raise DataError(f"--train-subset {n} is larger than the training set ({len(y)} images)")
+    return (x[:n], y[:n]) if n > 0 else (x, y)
+
+
 def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, seed: int,
                    train_portion: float = 0.5, split_file: str | None = None, train_subset: int = 0,
                    synthetic_size: tuple = (2048, 512), image_size: int = 32,
@@ -437,10 +666,8 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
     xvalid/xtest keys selects NB201's direct-search protocol (see the module docstring). Under torchrun (`world` > 1)
     batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
     arrays, info = load_arrays(dataset, data_dir, synthetic_size=synthetic_size, image_size=image_size)
-    x, y = arrays["x_train"], arrays["y_train"]
+    x, y = take_subset(arrays["x_train"], arrays["y_train"], train_subset)
     x_test, y_test = arrays["x_test"], arrays["y_test"]
-    if train_subset > 0:
-        x, y = x[:train_subset], y[:train_subset]
     splits = read_split_file(split_file) if bilevel and split_file is not None else {}
     if all(k in splits for k in TEST_SPLIT_KEYS):  # NB201 direct search (CIFAR-100, ImageNet16-120)
         a_idx, t_idx = test_split(splits, len(y_test), split_file)
@@ -451,7 +678,8 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
         weight_ds = ArrayDataset(x[w_idx], y[w_idx])
         arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
     weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
-    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank, world=world)
+    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank,
+                              world=world)
     test_loader = make_loader(ArrayDataset(x_test, y_test), batch_size, shuffle=False, seed=seed)
     return PairedBatches(weight_loader, arch_loader), test_loader, info
 
@@ -461,19 +689,26 @@ def load_table(path: str, key: str = "arch_str") -> dict[str, dict[str, float]]:
     if not Path(path).is_file():
         raise DataError(f"table not found: {path}")
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
-        reader = csv.DictReader(f)
-        if key not in (reader.fieldnames or []):
-            raise DataError(f"{path} has no column {key!r} (columns: {reader.fieldnames})")
-        table = {}
-        for row in reader:
-            values = {}
-            for col, v in row.items():
-                try:
-                    values[col] = float(v)
-                except (TypeError, ValueError):  # text columns (arch strings) and empty cells
-                    pass
-            table[row[key]] = values
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if key not in (reader.fieldnames or []):
+                raise DataError(f"{path} is not a CSV with a column {key!r} (header: {reader.fieldnames})")
+            table = {}
+            for row in reader:
+                values = {}
+                for col, v in row.items():
+                    try:
+                        values[col] = float(v)
+                    except (TypeError, ValueError):  # text columns (arch strings) and empty cells
+                        pass
+                table[row[key]] = values
+    except (UnicodeDecodeError, csv.Error, OSError, EOFError) as err:  # binary, not UTF-8, bad gzip, NUL bytes
+        raise DataError(f"{path} is not a readable UTF-8 CSV ({type(err).__name__}: {' '.join(str(err).split())})") from err
+    if not table:
+        raise DataError(f"{path} has a header but no rows")
+    if key == "arch_str" and not all(isinstance(k, str) and k.startswith("|") and "~" in k for k in table):
+        raise DataError(f"{path}: column arch_str must hold NB201 arch strings ('|op~0|+|op~0|op~1|+...')")
     return table
 
 
@@ -529,11 +764,20 @@ def _fmt(value) -> str:
     return f"{float(value):.4g}"  # python, numpy and torch scalars
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file. mkstemp creates it with
+    mode 0600; it gets the mode a plain open() would give (0666 minus the umask, usually 0644)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # the usual permissions (mkstemp creates 0600)
         os.replace(tmp, path)
     finally:  # interrupted (Ctrl-C, an error) before the rename: leave no half-written file behind
         Path(tmp).unlink(missing_ok=True)
@@ -690,7 +934,9 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise ResumeError(f"no checkpoint to resume at {path} (run without --resume to start it anew)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle also warns about its protocol: keep the error one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
         raise ResumeError(f"{path} is not a readable checkpoint ({' '.join(str(e).split())[:200]})") from e
 
@@ -917,10 +1163,10 @@ def under_torchrun() -> bool:
 def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     """(rank, world size, this process's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL when
     the ranks use GPUs (device `auto` with CUDA present, or `cuda...`: rank r gets cuda:LOCAL_RANK), else gloo on CPU.
-    One process: (0, 1, the device asked for; `auto` = cuda if available)."""
+    One process: (0, 1, resolve_device(device): `auto` = cuda if available; a device that is not here is refused)."""
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if not under_torchrun():
-        return 0, 1, torch.device(("cuda" if want_cuda else "cpu") if device == "auto" else device)
+        return 0, 1, resolve_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
     dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if want_cuda else "cpu")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -296,7 +297,7 @@ class DartsSearchCell(nn.Module):
 
 
 class DartsSupernet(nn.Module):
-    """DARTS search network: stem (3C) -> `layers` cells, reductions at layers//3 and 2*layers//3 -> GAP -> linear.
+    """DARTS search network: stem (in_channels -> 3C) -> `layers` cells, reductions at layers//3 and 2*layers//3 -> GAP -> linear.
     forward(x, arch, edge_weights=None): arch = {"normal": specs[14], "reduce": specs[14]}, optional
     edge_weights = {"normal": (14,), "reduce": (14,)} multiplying each edge's output (PC-DARTS edge normalisation).
     stem "cifar": 3x3 conv + BN at full resolution (s0 = s1). stem "imagenet" (PC-DARTS model_search_imagenet.py):
@@ -304,18 +305,21 @@ class DartsSupernet(nn.Module):
     s0 = stem0(x) (1/4 resolution), s1 = stem1(s0) (1/8: 224 px -> 28), so the first cell reduces s0 (reduction_prev)."""
 
     def __init__(self, C=16, layers=8, num_classes=10, ops_normal=DARTS_OPS, ops_reduce=None,
-                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3, stem="cifar"):
+                 edge: EdgeFactory = MixedEdge, steps=4, multiplier=4, stem_multiplier=3, stem="cifar",
+                 in_channels=3):
         super().__init__()
+        if layers < 3:
+            raise SpaceError(f"the DARTS space needs >= 3 cells (reductions at layers//3 and 2*layers//3), got {layers}")
         ops_reduce = ops_normal if ops_reduce is None else ops_reduce
         C_curr = stem_multiplier * C
         if stem == "imagenet":
             self.stem0 = nn.Sequential(
-                nn.Conv2d(3, C_curr // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr // 2), nn.ReLU(),
+                nn.Conv2d(in_channels, C_curr // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr // 2), nn.ReLU(),
                 nn.Conv2d(C_curr // 2, C_curr, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C_curr))
             self.stem1 = nn.Sequential(nn.ReLU(), nn.Conv2d(C_curr, C_curr, 3, stride=2, padding=1, bias=False),
                                        nn.BatchNorm2d(C_curr))
         elif stem == "cifar":
-            self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         else:
             raise SpaceError(f"DARTS supernet stem must be 'cifar' or 'imagenet', got {stem!r}")
         C_pp, C_p, C_curr = C_curr, C_curr, C
@@ -377,7 +381,7 @@ class NB201SearchCell(nn.Module):
         return states[-1]
 
 
-def _nb201_macro(C, N, make_cell):
+def _nb201_macro(C, N, make_cell, in_channels=3):
     """stem -> N cells @C -> block -> N cells @2C -> block -> N cells @4C (shared by search and inference)."""
     layers, C_prev = [], C
     for stage, C_stage in enumerate((C, 2 * C, 4 * C)):
@@ -385,7 +389,7 @@ def _nb201_macro(C, N, make_cell):
             layers.append(ResNetBasicBlock(C_prev, C_stage, 2))
         layers.extend(make_cell(C_stage) for _ in range(N))
         C_prev = C_stage
-    stem = nn.Sequential(nn.Conv2d(3, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+    stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
     head = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=False))
     return stem, nn.ModuleList(layers), head, C_prev
 
@@ -394,9 +398,10 @@ class NB201Supernet(nn.Module):
     """NAS-Bench-201 search network (cells with non-affine BN, one architecture shared by all 15 cells).
     forward(x, arch, edge_weights=None): arch = {"normal": specs[6]}."""
 
-    def __init__(self, C=16, N=5, num_classes=10, op_names=NB201_OPS, edge: EdgeFactory = MixedEdge):
+    def __init__(self, C=16, N=5, num_classes=10, op_names=NB201_OPS, edge: EdgeFactory = MixedEdge, in_channels=3):
         super().__init__()
-        self.stem, self.layers, self.head, C_last = _nb201_macro(C, N, lambda c: NB201SearchCell(c, op_names, edge))
+        self.stem, self.layers, self.head, C_last = _nb201_macro(C, N, lambda c: NB201SearchCell(c, op_names, edge),
+                                                                 in_channels)
         self.classifier = nn.Linear(C_last, num_classes)
 
     def forward(self, x, arch, edge_weights=None):
@@ -457,14 +462,15 @@ class OneShotCell(nn.Module):
 
 
 class NB1Shot1Supernet(nn.Module):
-    """stem ConvBnRelu(3->C) -> 3 stacks of `cells_per_stack` cells (max-pool 2x2 and channel doubling between
+    """stem ConvBnRelu(in_channels->C) -> 3 stacks of `cells_per_stack` cells (max-pool 2x2 and channel doubling between
     stacks) -> ReLU-conv1x1-BN to C_stack -> GAP -> linear. arch = {"ops": specs[n], "out": (1, n+1),
     "in{b}": (1, b) per choice node}; one architecture shared by all cells."""
 
-    def __init__(self, space_id=1, C=16, cells_per_stack=3, num_classes=10, edge: EdgeFactory = MixedEdge):
+    def __init__(self, space_id=1, C=16, cells_per_stack=3, num_classes=10, edge: EdgeFactory = MixedEdge,
+                 in_channels=3):
         super().__init__()
         n = len(NB1SHOT1_LAYOUT[space_id]["node_parents"])
-        self.stem = ConvBnRelu(3, C, 3, affine=False)
+        self.stem = ConvBnRelu(in_channels, C, 3, affine=False)
         self.layers, C_in = nn.ModuleList(), C
         for stack in range(3):
             C_stack = C * 2 ** stack
@@ -494,6 +500,25 @@ def _check_ops(ops, allowed, what):
             raise GenotypeError(f"{what}: unknown op {op!r}; expected one of {', '.join(allowed)}")
 
 
+def _json_int(v, what: str) -> int:
+    """A JSON integer, taken as it is: 1.9, true or "1" are refused (int() would silently make 1 of them)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise GenotypeError(f"{what}: {v!r} is not an integer")
+    return v
+
+
+def _json_str(v, what: str) -> str:
+    if not isinstance(v, str):
+        raise GenotypeError(f"{what}: {v!r} is not an op name (a string)")
+    return v
+
+
+def _json_list(v, what: str) -> list:
+    if not isinstance(v, (list, tuple)):
+        raise GenotypeError(f"{what}: expected a list, got {v!r}")
+    return list(v)
+
+
 @dataclass(frozen=True)
 class DartsGenotype:
     """DARTS cell genotype: per cell type a list of (op, input) pairs, two per intermediate node, and the
@@ -514,8 +539,9 @@ class DartsGenotype:
                 if len(pair) != 2 or not isinstance(pair[1], int) or not 0 <= pair[1] < 2 + i // 2:
                     raise GenotypeError(f"DARTS genotype: {ct}[{i}] = {pair!r} is not (op, input < {2 + i // 2})")
             _check_ops([p[0] for p in pairs], [o for o in OPS if o != "none"], f"DARTS genotype {ct}")
-            if not concat or any(not 2 <= c < 2 + len(pairs) // 2 for c in concat):
-                raise GenotypeError(f"DARTS genotype: bad {ct}_concat {list(concat)}")
+            if not concat or any(not 2 <= c < 2 + len(pairs) // 2 for c in concat) or len(set(concat)) != len(concat):
+                raise GenotypeError(f"DARTS genotype: bad {ct}_concat {list(concat)} (distinct nodes "
+                                    f"2..{1 + len(pairs) // 2})")
 
     def to_json(self) -> dict:
         return {"space": "darts", "normal": [list(p) for p in self.normal], "normal_concat": list(self.normal_concat),
@@ -524,10 +550,18 @@ class DartsGenotype:
     @classmethod
     def from_json(cls, d: dict) -> "DartsGenotype":
         try:
-            return cls(tuple((str(op), int(j)) for op, j in d["normal"]), tuple(int(c) for c in d["normal_concat"]),
-                       tuple((str(op), int(j)) for op, j in d["reduce"]), tuple(int(c) for c in d["reduce_concat"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise GenotypeError(f"malformed DARTS genotype JSON ({type(err).__name__}: {err})") from err
+            parts = {}
+            for ct in ("normal", "reduce"):
+                pairs = [_json_list(p, f"DARTS genotype {ct}") for p in _json_list(d[ct], f"DARTS genotype {ct}")]
+                if any(len(p) != 2 for p in pairs):
+                    raise GenotypeError(f"DARTS genotype {ct}: every entry must be [op, input], got {pairs}")
+                parts[ct] = tuple((_json_str(op, f"DARTS genotype {ct}"), _json_int(j, f"DARTS genotype {ct} input"))
+                                  for op, j in pairs)
+                parts[ct + "_concat"] = tuple(_json_int(c, f"DARTS genotype {ct}_concat")
+                                              for c in _json_list(d[ct + "_concat"], f"DARTS genotype {ct}_concat"))
+            return cls(**parts)
+        except KeyError as err:
+            raise GenotypeError(f"malformed DARTS genotype JSON: no key {err}") from err
 
     def __str__(self):
         return (f"Genotype(normal={list(self.normal)}, normal_concat={list(self.normal_concat)}, "
@@ -551,6 +585,8 @@ class NB201Genotype:
 
     @classmethod
     def from_str(cls, s: str) -> "NB201Genotype":
+        if not isinstance(s, str):
+            raise GenotypeError(f"NB201 arch string expected, got {s!r}")
         nodes = []
         for part in s.strip().split("+"):
             if not (part.startswith("|") and part.endswith("|")) or len(part) < 3:
@@ -558,7 +594,7 @@ class NB201Genotype:
             node = []
             for item in part[1:-1].split("|"):
                 op, sep, j = item.partition("~")
-                if not sep or not j.isdigit():
+                if not sep or not (j.isascii() and j.isdigit()):
                     raise GenotypeError(f"malformed NB201 arch string {s!r}: {item!r} is not 'op~j'")
                 node.append((op, int(j)))
             nodes.append(tuple(node))
@@ -631,22 +667,25 @@ class NB101Spec:
     @classmethod
     def from_json(cls, d: dict) -> "NB101Spec":
         try:
-            return cls(tuple(tuple(int(v) for v in r) for r in d["matrix"]), tuple(str(o) for o in d["ops"]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise GenotypeError(f"malformed NB101 spec JSON ({type(err).__name__}: {err})") from err
+            matrix = tuple(tuple(_json_int(v, "NB101 matrix") for v in _json_list(r, "NB101 matrix row"))
+                           for r in _json_list(d["matrix"], "NB101 matrix"))
+            return cls(matrix, tuple(_json_str(o, "NB101 ops") for o in _json_list(d["ops"], "NB101 ops")))
+        except KeyError as err:
+            raise GenotypeError(f"malformed NB101 spec JSON: no key {err}") from err
 
 
 GENOTYPE_TYPES = {"darts": DartsGenotype, "nb201": NB201Genotype, "nb101": NB101Spec}
 
 
 def genotype_from_json(d: dict):
-    if not isinstance(d, dict) or d.get("space") not in GENOTYPE_TYPES:
+    if not isinstance(d, dict) or not isinstance(d.get("space"), str) or d["space"] not in GENOTYPE_TYPES:
         raise GenotypeError(f"genotype JSON needs 'space' in {list(GENOTYPE_TYPES)}, got {d.get('space') if isinstance(d, dict) else d!r}")
     return GENOTYPE_TYPES[d["space"]].from_json(d)
 
 
 def parse_genotype(text: str):
-    """A published genotype name, an NB201 arch string, a JSON object, or a path to a genotype.json."""
+    """A published genotype name, an NB201 arch string, a JSON object, a path to a genotype.json, or a run
+    directory holding one."""
     text = text.strip()
     if text in PUBLISHED:
         return PUBLISHED[text]
@@ -655,17 +694,25 @@ def parse_genotype(text: str):
     if text.startswith("{"):
         try:
             return genotype_from_json(json.loads(text))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:
             raise GenotypeError(f"genotype is not valid JSON: {err}") from err
+    path = genotype_path(text)
     try:
-        with open(text) as f:
+        with open(path, encoding="utf-8") as f:
             d = json.load(f)
     except FileNotFoundError as err:
         raise GenotypeError(f"{text!r} is neither a published genotype ({', '.join(PUBLISHED)}), an NB201 arch "
-                            f"string, JSON, nor an existing genotype.json") from err
-    except json.JSONDecodeError as err:
-        raise GenotypeError(f"{text}: not valid JSON ({err})") from err
+                            f"string, JSON, an existing genotype.json nor a run directory with one") from err
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise GenotypeError(f"{path}: not a UTF-8 JSON file ({type(err).__name__}: {err})") from err
+    except (OSError, ValueError) as err:  # a directory without genotype.json, no permission, NUL in the name
+        raise GenotypeError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
     return genotype_from_json(d.get("genotype", d) if isinstance(d, dict) else d)
+
+
+def genotype_path(text: str) -> str:
+    """A run directory stands for its genotype.json (what every algos/*.py writes)."""
+    return str(Path(text) / "genotype.json") if Path(text).is_dir() else text
 
 
 def _pairs(*flat):
@@ -757,10 +804,12 @@ class DartsSpace:
     def arch_shapes(self) -> dict:
         return {ct: (self.n_edges, len(ops)) for ct, ops in self.ops.items()}
 
-    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge, stem="cifar") -> DartsSupernet:
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge, stem="cifar",
+                 in_channels=3) -> DartsSupernet:
         """stem "imagenet": the PC-DARTS ImageNet search network's three stride-2 convolutions (DartsSupernet)."""
-        return DartsSupernet(C, layers or self.default_layers, num_classes, self.ops["normal"], self.ops["reduce"], edge,
-                             stem=stem)
+        layers = self.default_layers if layers is None else layers
+        return DartsSupernet(C, layers, num_classes, self.ops["normal"], self.ops["reduce"], edge, stem=stem,
+                             in_channels=in_channels)
 
     def derive(self, weights: dict) -> DartsGenotype:
         concat = tuple(range(2, 2 + self.steps))
@@ -780,8 +829,9 @@ class NB201Space:
     def arch_shapes(self) -> dict:
         return {"normal": (6, len(self.ops["normal"]))}
 
-    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> NB201Supernet:
-        return NB201Supernet(C, layers or self.default_layers, num_classes, self.ops["normal"], edge)
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge, in_channels=3) -> NB201Supernet:
+        layers = self.default_layers if layers is None else layers
+        return NB201Supernet(C, layers, num_classes, self.ops["normal"], edge, in_channels)
 
     def derive(self, weights: dict) -> NB201Genotype:
         """Every edge keeps its strongest op (over the op list in use; `none` can win, as in NB201's baselines)."""
@@ -814,8 +864,10 @@ class NB1Shot1Space:
         return {**{f"in{b}": layout["node_parents"][b - 1] for b in nb1shot1_choice_nodes(self.space_id)},
                 "out": layout["output_parents"]}
 
-    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge) -> NB1Shot1Supernet:
-        return NB1Shot1Supernet(self.space_id, C, layers or self.default_layers, num_classes, edge)
+    def supernet(self, C=16, layers=None, num_classes=10, edge: EdgeFactory = MixedEdge,
+                 in_channels=3) -> NB1Shot1Supernet:
+        layers = self.default_layers if layers is None else layers
+        return NB1Shot1Supernet(self.space_id, C, layers, num_classes, edge, in_channels)
 
     def derive(self, weights: dict) -> NB101Spec:
         """Ops: strongest per node. Parents: top-k inputs per choice node (fixed ones otherwise), top-k output
@@ -940,7 +992,8 @@ class DartsEvalCell(nn.Module):
 
 
 class AuxiliaryHeadCIFAR(nn.Module):
-    """On 8x8 maps: ReLU, AvgPool 5/3 -> 2x2, 1x1 conv 128, BN, ReLU, 2x2 conv 768, BN, ReLU, linear."""
+    """On 8x8 maps (32 px input): ReLU, AvgPool 5/3 -> 2x2, 1x1 conv 128, BN, ReLU, 2x2 conv 768, BN, ReLU, linear.
+    Other map sizes are average-pooled adaptively to the same 2x2."""
 
     def __init__(self, C, num_classes):
         super().__init__()
@@ -951,19 +1004,27 @@ class AuxiliaryHeadCIFAR(nn.Module):
         self.classifier = nn.Linear(768, num_classes)
 
     def forward(self, x):
-        return self.classifier(self.features(x).flatten(1))
+        if x.shape[-2:] == (8, 8):
+            return self.classifier(self.features(x).flatten(1))
+        # DEVIATION: DARTS' head assumes 8x8 maps (32 px images) and fails on others (28 px MNIST gives 4x4 maps);
+        # other sizes are average-pooled adaptively to the 2x2 that AvgPool 5/3 makes of 8x8.
+        x = F.adaptive_avg_pool2d(self.features[0](x), 2)
+        return self.classifier(self.features[2:](x).flatten(1))
 
 
 class DartsEvalNetwork(nn.Module):
-    """DARTS evaluation network (NetworkCIFAR): stem 3C, `layers` cells with reductions at 1/3 and 2/3, optional
-    auxiliary head after cell 2*layers//3, drop path with probability `self.drop_path_prob` (set per epoch).
-    forward returns (logits, aux_logits or None)."""
+    """DARTS evaluation network (NetworkCIFAR): stem (in_channels -> 3C), `layers` cells with reductions at 1/3 and
+    2/3, optional auxiliary head after cell 2*layers//3, drop path with probability `self.drop_path_prob` (set per
+    epoch). forward returns (logits, aux_logits or None)."""
 
-    def __init__(self, genotype: DartsGenotype, C=36, layers=20, num_classes=10, auxiliary=True, stem_multiplier=3):
+    def __init__(self, genotype: DartsGenotype, C=36, layers=20, num_classes=10, auxiliary=True, stem_multiplier=3,
+                 in_channels=3):
         super().__init__()
+        if layers < 3:
+            raise SpaceError(f"a DARTS network needs >= 3 cells (reductions at layers//3 and 2*layers//3), got {layers}")
         self.drop_path_prob = 0.0
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
         C_pp, C_p, C_curr = C_curr, C_curr, C
         self.cells, reduction_prev, self.auxiliary_head = nn.ModuleList(), False, None
         for i in range(layers):
@@ -1004,9 +1065,10 @@ class NB201InferCell(nn.Module):
 class NB201Network(nn.Module):
     """The NAS-Bench-201 network for one cell (affine BN). Its parameter count matches the benchmark's."""
 
-    def __init__(self, genotype: NB201Genotype, C=16, N=5, num_classes=10):
+    def __init__(self, genotype: NB201Genotype, C=16, N=5, num_classes=10, in_channels=3):
         super().__init__()
-        self.stem, self.layers, self.head, C_last = _nb201_macro(C, N, lambda c: NB201InferCell(genotype, c))
+        self.stem, self.layers, self.head, C_last = _nb201_macro(C, N, lambda c: NB201InferCell(genotype, c),
+                                                                 in_channels)
         self.classifier = nn.Linear(C_last, num_classes)
 
     def forward(self, x):
@@ -1045,11 +1107,13 @@ class DartsEvalNetworkImageNet(nn.Module):
     2*layers//3; global average pool (DARTS: AvgPool 7 on the 7x7 maps, the same thing at 224 px) -> linear.
     forward returns (logits, aux_logits or None); drop path probability `self.drop_path_prob`."""
 
-    def __init__(self, genotype: DartsGenotype, C=48, layers=14, num_classes=1000, auxiliary=True):
+    def __init__(self, genotype: DartsGenotype, C=48, layers=14, num_classes=1000, auxiliary=True, in_channels=3):
         super().__init__()
+        if layers < 3:
+            raise SpaceError(f"a DARTS network needs >= 3 cells (reductions at layers//3 and 2*layers//3), got {layers}")
         self.drop_path_prob = 0.0
         self.stem0 = nn.Sequential(
-            nn.Conv2d(3, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2), nn.ReLU(inplace=False),
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2), nn.ReLU(inplace=False),
             nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
         self.stem1 = nn.Sequential(nn.ReLU(inplace=False), nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
                                    nn.BatchNorm2d(C))
@@ -1131,10 +1195,10 @@ class NB101Network(nn.Module):
     benchmark's `trainable_parameters` at C=128, 10 classes.
     Not replicated: NB101's TF batch norm momentum 0.997 (PyTorch momentum 0.003); PyTorch's default 0.1 is used."""
 
-    def __init__(self, spec: NB101Spec, C=128, stacks=3, cells_per_stack=3, num_classes=10):
+    def __init__(self, spec: NB101Spec, C=128, stacks=3, cells_per_stack=3, num_classes=10, in_channels=3):
         super().__init__()
         self.spec = spec = spec.pruned()
-        self.stem = ConvBnRelu(3, C, 3)
+        self.stem = ConvBnRelu(in_channels, C, 3)
         self.layers, C_in = nn.ModuleList(), C
         for stack in range(stacks):
             C_out = C_in * 2 if stack > 0 else C_in

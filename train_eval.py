@@ -1,8 +1,9 @@
 """train_eval.py -- train a searched architecture from scratch: the last stage of every paper's pipeline.
 
-It reads what any algos/*.py writes (`--genotype runs/<run>/genotype.json`), a published genotype by name
-(`--genotype DARTS_V2`), an NB201 arch string, or an NB101 spec as JSON ({"matrix": [[...]], "ops": [...]}, e.g. the
-NAS-Bench-1Shot1 cells that algos/*.py derive), and picks the protocol from the kind of genotype and the dataset.
+It reads what any algos/*.py writes (`--genotype runs/<run>/genotype.json`, or just `runs/<run>`), a published
+genotype by name (`--genotype DARTS_V2`), an NB201 arch string, or an NB101 spec as JSON ({"matrix": [[...]], "ops":
+[...]}, e.g. the NAS-Bench-1Shot1 cells that algos/*.py derive), and picks the protocol from the kind of genotype and
+the dataset. Any image size of >= 8 px works (the DARTS auxiliary head pools to 2x2 whatever its input, see spaces.py).
 
 Protocols (defaults = the papers'; every default can be overridden by its flag):
   darts-cifar     DARTS evaluation network (NetworkCIFAR), C=36, 20 cells, auxiliary head weight 0.4, drop path 0.3
@@ -95,44 +96,39 @@ class ResumeError(RuntimeError):
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a searched architecture from scratch (defaults: the protocol "
                                             "of the genotype's paper, see the file header).")
-    p.add_argument("--genotype", default=None, help="genotype.json path, published name (DARTS_V2, PC_DARTS, NASP, "
+    p.add_argument("--genotype", default=None, help="genotype.json path (or the search run's directory), published name (DARTS_V2, PC_DARTS, NASP, "
                    "...), NB201 arch string, or JSON (DARTS genotype, NB201 arch, NB101 spec {matrix, ops})")
     p.add_argument("--dataset", default=None, help="cifar10 (default) | cifar100 | imagenet16-120 | synthetic | "
                    "path/to/file.npz | imagenet (ImageFolder at --data-dir with train/ and val/)")
     p.add_argument("--data-dir", default=None, help="where datasets are (or are downloaded to); default ./data")
-    p.add_argument("--train-subset", type=int, default=None, help="use only N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (darts-cifar 600, imagenet 250, nb201 200, nb101 108)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size, split over the ranks")
-    p.add_argument("--C", type=int, default=None, help="initial channels (darts 36 / imagenet 48, nb201 16, nb101 stem 128)")
-    p.add_argument("--layers", type=int, default=None, help="darts: cells in all (20 / 14); nb201: cells per stage (5); "
+    p.add_argument("--train-subset", type=data.nonneg_int, default=None, help="use only N training images (0 = all)")
+    p.add_argument("--epochs", type=data.positive_int, default=None, help="epochs (darts-cifar 600, imagenet 250, nb201 200, nb101 108)")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="global batch size, split over the ranks")
+    p.add_argument("--C", type=data.positive_int, default=None, help="initial channels (darts 36 / imagenet 48, nb201 16, nb101 stem 128)")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="darts: cells in all (20 / 14); nb201: cells per stage (5); "
                    "nb101: cells per stack (3)")
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate")
-    p.add_argument("--lr-min", type=float, default=None, help="final learning rate of cosine schedules")
-    p.add_argument("--momentum", type=float, default=None, help="momentum (SGD, or RMSProp for nb101)")
-    p.add_argument("--wd", type=float, default=None, help="weight decay (L2, on all weights)")
-    p.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (0 = none)")
-    p.add_argument("--auxiliary-weight", type=float, default=None, help="DARTS auxiliary head loss weight (0 = no head)")
-    p.add_argument("--drop-path", type=float, default=None, help="DARTS drop-path probability at the last epoch")
-    p.add_argument("--cutout", type=int, default=None, help="cutout length (0 = off; array datasets only)")
-    p.add_argument("--label-smoothing", type=float, default=None, help="label smoothing of the training loss")
-    p.add_argument("--warmup-epochs", type=int, default=None, help="linear lr warm-up: x(e+1)/W in epoch e < W")
-    p.add_argument("--workers", type=int, default=None, help="imagenet: data-loading worker processes (default 8)")
+    p.add_argument("--lr", type=data.positive_float, default=None, help="initial learning rate")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=None, help="final learning rate of cosine schedules")
+    p.add_argument("--momentum", type=data.fraction, default=None, help="momentum (SGD, or RMSProp for nb101)")
+    p.add_argument("--wd", type=data.nonneg_float, default=None, help="weight decay (L2, on all weights)")
+    p.add_argument("--grad-clip", type=data.nonneg_float, default=None, help="gradient-norm clip (0 = none)")
+    p.add_argument("--auxiliary-weight", type=data.nonneg_float, default=None, help="DARTS auxiliary head loss weight (0 = no head)")
+    p.add_argument("--drop-path", type=data.fraction, default=None, help="DARTS drop-path probability at the last epoch")
+    p.add_argument("--cutout", type=data.nonneg_int, default=None, help="cutout length (0 = off; array datasets only)")
+    p.add_argument("--label-smoothing", type=data.fraction, default=None, help="label smoothing of the training loss")
+    p.add_argument("--warmup-epochs", type=data.nonneg_int, default=None, help="linear lr warm-up: x(e+1)/W in epoch e < W")
+    p.add_argument("--workers", type=data.nonneg_int, default=None, help="imagenet: data-loading worker processes (default 8)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (mixed precision)")
     p.add_argument("--nb201-table", default=None, help="NB201 table (arch_str + accuracy columns): print the "
                    "benchmark's accuracy of the same cell next to the run's")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
-    p.add_argument("--out-dir", default=None, help="results go to OUT_DIR/RUN_NAME/ (default runs)")
-    p.add_argument("--run-name", default=None, help="default: eval_{space}_{genotype}_{dataset}_s{seed}")
+    p.add_argument("--seed", type=data.seed, default=None, help="random seed (default 0)")
+    p.add_argument("--device", type=data.device_name, default=None, help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--out-dir", type=data.out_dir, default=None, help="results go to OUT_DIR/RUN_NAME/ (default runs)")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: eval_{space}_{genotype}_{dataset}_s{seed}")
     p.add_argument("--resume", default=None, help="run directory to continue from its checkpoint.pt")
     args = p.parse_args(argv)
     if args.genotype is None and args.resume is None:
         p.error("--genotype is required (or --resume RUN_DIR)")
-    for name in ("epochs", "batch_size", "C", "layers"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.lr is not None and args.lr <= 0:
-        p.error("--lr must be > 0")
     return args
 
 
@@ -177,6 +173,14 @@ def resolve(args: argparse.Namespace, genotype) -> argparse.Namespace:
             setattr(args, k, v)
     if folder and args.workers is None:
         args.workers = 8
+    if is_darts and args.layers < 3:
+        raise spaces.SpaceError(f"--layers {args.layers}: a DARTS network needs >= 3 cells (reductions at layers//3 "
+                                f"and 2*layers//3)")
+    if args.optimizer == "sgd-nesterov" and args.momentum == 0:
+        raise spaces.SpaceError("--momentum 0: the nb201 protocol's nesterov SGD needs a momentum > 0")
+    if args.schedule == "linear-epoch" and args.epochs <= 5:
+        raise spaces.SpaceError(f"--epochs {args.epochs}: the darts-imagenet schedule decays over epochs - 5, so it "
+                                f"needs > 5 epochs")
     return args
 
 
@@ -198,14 +202,15 @@ def merge_resumed(args: argparse.Namespace, ckpt: dict):
 
 
 # ----------------------------------------------------------------------------------------------- network
-def build_network(genotype, args, num_classes: int) -> nn.Module:
+def build_network(genotype, args, num_classes: int, in_channels: int = 3) -> nn.Module:
+    aux = args.auxiliary_weight > 0
     if args.protocol == "darts-cifar":
-        return spaces.DartsEvalNetwork(genotype, args.C, args.layers, num_classes, auxiliary=args.auxiliary_weight > 0)
+        return spaces.DartsEvalNetwork(genotype, args.C, args.layers, num_classes, aux, in_channels=in_channels)
     if args.protocol == "darts-imagenet":
-        return spaces.DartsEvalNetworkImageNet(genotype, args.C, args.layers, num_classes, args.auxiliary_weight > 0)
+        return spaces.DartsEvalNetworkImageNet(genotype, args.C, args.layers, num_classes, aux, in_channels)
     if args.protocol == "nb201":
-        return spaces.NB201Network(genotype, args.C, args.layers, num_classes)
-    return spaces.NB101Network(genotype, args.C, 3, args.layers, num_classes)
+        return spaces.NB201Network(genotype, args.C, args.layers, num_classes, in_channels)
+    return spaces.NB101Network(genotype, args.C, 3, args.layers, num_classes, in_channels)
 
 
 def forward(model, x):
@@ -267,8 +272,8 @@ def lr_factor(step: int, steps_per_epoch: int, args) -> float:
 
 # -------------------------------------------------------------------------------------------------- data
 class ImageFolderInfo:
-    def __init__(self, name, num_classes, image_size):
-        self.name, self.num_classes, self.image_size = name, num_classes, image_size
+    def __init__(self, name, num_classes, image_size, channels=3):
+        self.name, self.num_classes, self.image_size, self.channels = name, num_classes, image_size, channels
 
 
 def load_data(args, rank: int, world: int):
@@ -288,15 +293,15 @@ def load_data(args, rank: int, world: int):
         if test.classes != train.classes:
             raise data.DataError(f"{root}/val has other classes than {root}/train")
         info = ImageFolderInfo("imagenet", len(train.classes), 224)
+        if args.train_subset > len(train):
+            raise data.DataError(f"--train-subset {args.train_subset} is larger than {root}/train ({len(train)} images)")
         if args.train_subset:  # evenly spaced, so every class keeps its share
-            idx = np.linspace(0, len(train) - 1, min(args.train_subset, len(train))).astype(int).tolist()
+            idx = np.linspace(0, len(train) - 1, args.train_subset).astype(int).tolist()
             train = torch.utils.data.Subset(train, idx)
         test = torch.utils.data.Subset(test, list(range(rank, len(test), world)))
         return train, test, info, None, None
     arrays, info = data.load_arrays(args.dataset, args.data_dir)
-    x, y = arrays["x_train"], arrays["y_train"]
-    if args.train_subset:
-        x, y = x[: args.train_subset], y[: args.train_subset]
+    x, y = data.take_subset(arrays["x_train"], arrays["y_train"], args.train_subset)
     gen = torch.Generator().manual_seed(args.seed + 1000 * rank)
     augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen)
     train = data.ArrayDataset(x, y)
@@ -336,11 +341,18 @@ def set_rng_state(state: dict, augment_gen, sampler) -> None:
         sampler.generator.set_state(state["sampler"])
 
 
+CHECKPOINT_KEYS = {"epoch", "genotype", "args", "model", "optimizer", "scheduler", "rng", "history", "elapsed",
+                   "world_size"}
+
+
 def load_checkpoint(run_dir: str) -> dict:
     path = Path(run_dir) / "checkpoint.pt"
     if not path.is_file():
         raise ResumeError(f"no checkpoint to resume at {path}")
-    return data.load_checkpoint(path)
+    ckpt = data.load_checkpoint(path)  # a torn or foreign file: one error line
+    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+        raise ResumeError(f"{path} is not a train_eval.py checkpoint (missing its keys)")
+    return ckpt
 
 
 class ResumedRun(data.RunLogger):
@@ -412,13 +424,17 @@ def benchmark_figures(table: dict, genotype, dataset: str) -> dict:
     row = table.get(str(genotype), {})
     name = Path(dataset).name.lower()
     prefix = "c100" if "cifar100" in name else "c10" if "cifar10" in name else "in16" if "imagenet16" in name else ""
-    return {k: v for k, v in row.items() if k.endswith("_test_200") and k.startswith(prefix) and not k.startswith("nats")}
+    # the column's dataset is the part before the first "_": "c10" must not match "c100_test_200"
+    return {k: v for k, v in row.items() if k.endswith("_test_200") and k.split("_")[0] == (prefix or k.split("_")[0])
+            and not k.startswith("nats")}
 
 
 def genotype_tag(text: str, genotype) -> str:
     """Run-name part: the published name, the search run's directory, or a short hash of the genotype."""
     if text in spaces.PUBLISHED:
         return text
+    if Path(text).is_dir():  # a search run's directory
+        return Path(text).resolve().name
     if Path(text).is_file():
         return Path(text).parent.name if Path(text).name == "genotype.json" else Path(text).stem
     return f"{genotype.space}_" + hashlib.sha1(json.dumps(genotype.to_json(), sort_keys=True).encode()).hexdigest()[:8]
@@ -446,12 +462,11 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
     np.random.seed(args.seed)
     random.seed(args.seed)
     train, test, info, preps, aug_gen = load_data(args, rank, world)
-    if args.protocol == "darts-cifar" and args.auxiliary_weight > 0 and info.image_size < 17:
-        raise spaces.SpaceError(f"the DARTS auxiliary head needs >= 17 px images, {args.dataset} has "
-                                f"{info.image_size} px; use --auxiliary-weight 0")
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     train_loader, test_loader = make_loaders(args, train, test, rank, world, device)
-    net = build_network(genotype, args, info.num_classes).to(device)
+    if len(train_loader) == 0:
+        raise data.DataError(f"{len(train)} training image(s) make no batch (a lone sample breaks batch norm)")
+    net = build_network(genotype, args, info.num_classes, info.channels).to(device)
     n_params = spaces.count_parameters(net)
     opt = make_optimizer(args, net.parameters())
     steps = len(train_loader)

@@ -58,26 +58,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
     data.add_common_args(p)
     p.add_argument("--single-level", action="store_true", help="theta steps on training batches instead of a held-out half")
-    p.add_argument("--epochs", type=int, default=100, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
-    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=float, default=None, help="final learning rate of the cosine schedule (0; nb1shot1: 0.001)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--cutout", type=int, default=None, help="cutout length on search batches, 0 = off (16; nb1shot1: 0)")
-    p.add_argument("--lam", type=int, default=2, help="architectures sampled per weight step and per theta step (lambda)")
-    p.add_argument("--alpha", type=float, default=1.5, help="SNR threshold of the step-size adaptation")
-    p.add_argument("--delta-init", type=float, default=1.0, help="initial Fisher length delta of the theta step")
-    p.add_argument("--run-name", default=None, help="default: asng_{space}_{dataset}_s{seed}")
+    p.add_argument("--epochs", type=data.positive_int, default=100, help="search epochs")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
+    p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=None, help="final learning rate of the cosine schedule (0; nb1shot1: 0.001)")
+    p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--cutout", type=data.nonneg_int, default=None, help="cutout length on search batches, 0 = off (16; nb1shot1: 0)")
+    p.add_argument("--lam", type=data.int_at_least(2), default=2, help="architectures sampled per weight step and per theta step (lambda)")
+    p.add_argument("--alpha", type=data.positive_float, default=1.5, help="SNR threshold of the step-size adaptation")
+    p.add_argument("--delta-init", type=data.positive_float, default=1.0, help="initial Fisher length delta of the theta step")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: asng_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     for k, v in DEFAULTS["nb1shot1" if args.space.startswith("nb1shot1") else "paper"].items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
-    if args.nb201_table and args.space != "nb201":
-        p.error("--nb201-table needs --space nb201")
+    data.check_search_args(args, p)
     if args.lam < 2:
         p.error(f"--lam must be >= 2 (ranking needs two samples), got {args.lam}")
     if args.alpha <= 0 or args.delta_init <= 0:
@@ -304,17 +303,16 @@ def main(argv=None) -> dict:
     data.refuse_torchrun("asng.py samples one architecture per step and has no multi-process search: run it as one "
                          "process, not under torchrun")
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = data.resolve_device(args.device)
     # everything that can fail on bad input happens before the run directory exists
     # ALGO LOGIC: DARTS ops without `none` (inputs are chosen by the pair variables); NB201 keeps `none`
-    space = (spaces.get_space("darts", ops=[o for o in spaces.DARTS_OPS if o != "none"]) if args.space == "darts"
-             else spaces.get_space(args.space))
+    space = spaces.get_space(args.space, ops=[o for o in spaces.DARTS_OPS if o != "none"] if args.space == "darts" else None)
     variables = ArchVariables(space)
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes).to(device)
+    model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device)
     asng = CategoricalASNG(variables.categories, args.alpha, args.delta_init)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)

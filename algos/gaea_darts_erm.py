@@ -38,31 +38,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--bilevel", action="store_true", help="architecture steps on the held-out half (default ERM: whole training set)")
-    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=25, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch of both steps (split over torchrun's processes)")
+    p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=data.positive_int, default=25, help="search epochs")
+    p.add_argument("--batch-size", type=data.positive_int, default=64, help="global batch of both steps (split over torchrun's processes)")
     # DEVIATION: the release's NB201 config has C=24 and a 50-epoch cosine period (lr ends at ~0.0138); here C=16, 25.
-    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--arch-lr", type=float, default=0.1, help="exponentiated-gradient step size eta (constant)")
+    p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=0.001, help="final learning rate of the cosine schedule")
+    p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--arch-lr", type=data.positive_float, default=0.1, help="exponentiated-gradient step size eta (constant)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", default=None, help="default: gaea_darts_{erm|bilevel}_{space}_{dataset}_s{seed}")
+    p.add_argument("--seed", type=data.seed, default=2, help="random seed")
+    p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: gaea_darts_{erm|bilevel}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    if args.nb201_table and args.space != "nb201":
-        p.error("--nb201-table needs --space nb201")
-    if not args.bilevel and (args.split_file or args.train_portion != 0.5):
-        p.error("--split-file / --train-portion need --bilevel")
+    data.check_search_args(args, p)
     return args
 
 
@@ -159,7 +156,7 @@ def main(argv=None) -> dict:
         seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
         rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes).to(device), device)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)

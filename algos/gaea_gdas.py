@@ -68,31 +68,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--arch-update", default="eg", choices=ARCH_UPDATES, help="eg: GAEA (simplex + exponentiated gradient); softmax-adam: GDAS (logits + Adam)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
-    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=None, help="search epochs (150; nb1shot1: 100)")
-    p.add_argument("--warmup-epochs", type=int, default=None, help="epochs of weight training only (eg 50, GAEA's release; softmax-adam and nb1shot1: 0)")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
-    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: nb201 per stage (5), darts total (8), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--tau-max", type=float, default=10.0, help="Gumbel-softmax temperature at the first (post-warm-up) epoch")
-    p.add_argument("--tau-min", type=float, default=None, help="Gumbel-softmax temperature at the last epoch (0.1; nb1shot1: 1)")
+    p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=data.positive_int, default=None, help="search epochs (150; nb1shot1: 100)")
+    p.add_argument("--warmup-epochs", type=data.nonneg_int, default=None, help="epochs of weight training only (eg 50, GAEA's release; softmax-adam and nb1shot1: 0)")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
+    p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="cells: nb201 per stage (5), darts total (8), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=0.001, help="final learning rate of the cosine schedule")
+    p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--tau-max", type=data.positive_float, default=10.0, help="Gumbel-softmax temperature at the first (post-warm-up) epoch")
+    p.add_argument("--tau-min", type=data.positive_float, default=None, help="Gumbel-softmax temperature at the last epoch (0.1; nb1shot1: 1)")
     p.add_argument("--selected-only", action="store_true", help="drop AutoDL's zero-valued terms of the non-sampled ops (forward_gdas_v1)")
-    p.add_argument("--arch-lr", type=float, default=None, help="architecture step size: eg 0.1 (eta; the release: 0.01), softmax-adam 3e-4 (Adam)")
-    p.add_argument("--kl-coef", type=float, default=None, help="eg only: coefficient of KL(alpha || uniform) in the architecture loss (0.01)")
-    p.add_argument("--arch-betas", type=float, nargs=2, default=None, help="softmax-adam only: Adam betas (0.5 0.999)")
-    p.add_argument("--arch-wd", type=float, default=None, help="softmax-adam only: Adam weight decay of the logits (1e-3)")
+    p.add_argument("--arch-lr", type=data.positive_float, default=None, help="architecture step size: eg 0.1 (eta; the release: 0.01), softmax-adam 3e-4 (Adam)")
+    p.add_argument("--kl-coef", type=data.nonneg_float, default=None, help="eg only: coefficient of KL(alpha || uniform) in the architecture loss (0.01)")
+    p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=None, help="softmax-adam only: Adam betas (0.5 0.999)")
+    p.add_argument("--arch-wd", type=data.nonneg_float, default=None, help="softmax-adam only: Adam weight decay of the logits (1e-3)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", default=None, help="default: {gaea_gdas|gdas}_{space}_{dataset}_s{seed}")
+    p.add_argument("--seed", type=data.seed, default=2, help="random seed")
+    p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: {gaea_gdas|gdas}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     # DEVIATION: weights as GAEA's NB201 config (plain momentum, wd 3e-4, lr cosine per epoch) for both rules, where
     # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 as NB201's GDAS (GAEA's egdas config: 24).
@@ -101,8 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for k, v in (("epochs", 100 if oneshot else 150), ("batch_size", 96 if oneshot else 64), ("tau_min", 1.0 if oneshot else 0.1),
                  ("warmup_epochs", 50 if args.arch_update == "eg" and not oneshot else 0)):
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
-    if args.nb201_table and args.space != "nb201":
-        p.error("--nb201-table needs --space nb201")
+    data.check_search_args(args, p)
     if not 0 < args.tau_min <= args.tau_max:
         p.error("need 0 < --tau-min <= --tau-max")
     if not 0 <= args.warmup_epochs < args.epochs:
@@ -269,7 +268,7 @@ def main(argv=None) -> dict:
     data.refuse_torchrun("gaea_gdas.py samples one child architecture per step and has no multi-process search: run it as one "
                          "process, not under torchrun")
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = data.resolve_device(args.device)
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
     parents = space.parents() if isinstance(space, spaces.NB1Shot1Space) else None  # 1Shot1: inputs kept per group
@@ -277,7 +276,8 @@ def main(argv=None) -> dict:
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes, edge=spaces.MixedEdge if args.selected_only else GDASEdge)
+    edge = spaces.MixedEdge if args.selected_only else GDASEdge
+    model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=edge)
     model = model.to(device)
     arch = init_arch(space, args.arch_update, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)

@@ -65,11 +65,11 @@ import data  # noqa: E402
 import spaces  # noqa: E402
 
 EG_CLAMP = 1e-5  # GAEA: op weights are clamped at this value before each row is renormalised
-# Defaults that depend on the dataset: PC-DARTS train_search_imagenet.py (8 V100s: batch 1024 = 8 x 128, lr 0.5 with a
-# 5-epoch linear warm-up, K = 2) vs the CIFAR-style searches; epochs / batch / lr of those and `--arch-lr` /
-# `--warmup-epochs` are set in parse_args.
-CIFAR = dict(partial_k=4, lr_warmup_epochs=0, workers=None)
-IMAGENET = dict(partial_k=2, batch_size=1024, lr=0.5, lr_warmup_epochs=5, workers=8)
+# Weight-side defaults per dataset: GAEA / PC-DARTS CIFAR-10 search; PC-DARTS train_search_imagenet.py (8 V100s: batch
+# 1024 = 8 x 128, lr 0.5 with a 5-epoch linear warm-up, K = 2). `--arch-lr` / `--warmup-epochs` are set below.
+CIFAR = dict(partial_k=4, epochs=50, batch_size=256, lr=0.1, lr_min=0.0, lr_warmup_epochs=0, workers=None)
+ONESHOT = dict(CIFAR, epochs=100, batch_size=96, lr=0.025, lr_min=0.001)  # GAEA's 1Shot1 fork, 1Shot1's PC-DARTS
+IMAGENET = dict(CIFAR, partial_k=2, batch_size=1024, lr=0.5, lr_warmup_epochs=5, workers=8)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -79,49 +79,46 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " | imagenet (ImageFolder DATA_DIR/train: PC-DARTS' ImageNet search and its defaults)")
     p.add_argument("--subset-files", nargs=2, default=None, metavar=("WEIGHTS", "ARCH"), help="imagenet: image lists "
                    "(paths relative to train/, one per line) instead of the seeded per-class 10%% / 2.5%% draw")
-    p.add_argument("--workers", type=int, default=None, help="imagenet: loader processes per loader and rank (8)")
+    p.add_argument("--workers", type=data.positive_int, default=None, help="imagenet: loader processes per loader and rank (8)")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--arch-update", default="eg", choices=("eg", "softmax-adam"),
                    help="eg: GAEA (simplex weights, exponentiated gradient); softmax-adam: the PC-DARTS baseline")
-    p.add_argument("--partial-k", type=int, default=None, help="K: 1/K of each edge's channels go through the ops (4; imagenet 2)")
+    p.add_argument("--partial-k", type=data.positive_int, default=None, help="K: 1/K of each edge's channels go through the ops (4; imagenet 2)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
-    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=None, help="search epochs (50; nb1shot1: 100)")
-    p.add_argument("--warmup-epochs", type=int, default=None, help="epochs without architecture steps (eg 10; softmax-adam 15, nb1shot1: 0; imagenet 35)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch of both steps, split over torchrun's processes (256; nb1shot1: 96; imagenet 1024)")
-    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet (divisible by --partial-k)")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=float, default=None, help="SGD learning rate of the weights, cosine schedule (0.1; nb1shot1: 0.025; imagenet 0.5)")
-    p.add_argument("--lr-warmup-epochs", type=int, default=None, help="weight lr x (e+1)/W in the first W epochs (0; imagenet 5)")
-    p.add_argument("--lr-min", type=float, default=None, help="final learning rate of the cosine schedule (0; nb1shot1: 0.001)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--arch-lr", type=float, default=None, help="architecture learning rate (eg 0.1; softmax-adam 6e-4, nb1shot1: 3e-4, imagenet 6e-3)")
-    p.add_argument("--edge-lr", type=float, default=None, help="eg only: EG learning rate of the edge weights (default 0.1)")
-    p.add_argument("--arch-betas", type=float, nargs=2, default=None, help="softmax-adam only: Adam betas (default 0.5 0.999)")
-    p.add_argument("--arch-wd", type=float, default=None, help="softmax-adam only: Adam weight decay (default 1e-3)")
+    p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=data.positive_int, default=None, help="search epochs (50; nb1shot1: 100)")
+    p.add_argument("--warmup-epochs", type=data.nonneg_int, default=None, help="epochs without architecture steps (eg 10, softmax-adam 15; nb1shot1: 0; imagenet 35)")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="global batch of both steps, split over torchrun's processes (256; nb1shot1: 96; imagenet 1024)")
+    p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet (divisible by --partial-k)")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=data.positive_float, default=None, help="SGD learning rate of the weights, cosine schedule (0.1; nb1shot1: 0.025; imagenet 0.5)")
+    p.add_argument("--lr-warmup-epochs", type=data.nonneg_int, default=None, help="weight lr x (e+1)/W in the first W epochs (0; imagenet 5)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=None, help="final learning rate of the cosine schedule (0; nb1shot1: 0.001)")
+    p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--arch-lr", type=data.positive_float, default=None, help="architecture learning rate (eg 0.1; softmax-adam 6e-4, nb1shot1: 3e-4, imagenet 6e-3)")
+    p.add_argument("--edge-lr", type=data.positive_float, default=None, help="eg only: EG learning rate of the edge weights (default 0.1)")
+    p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=None, help="softmax-adam only: Adam betas (default 0.5 0.999)")
+    p.add_argument("--arch-wd", type=data.nonneg_float, default=None, help="softmax-adam only: Adam weight decay (default 1e-3)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", default=None, help="default: gaea_pcdarts_{arch_update}_{space}_{dataset}_s{seed}")
+    p.add_argument("--seed", type=data.seed, default=2, help="random seed")
+    p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: gaea_pcdarts_{arch_update}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    eg, oneshot, imagenet = args.arch_update == "eg", args.space.startswith("nb1shot1"), args.dataset == "imagenet"
-    for k, v in (IMAGENET if imagenet else CIFAR).items():  # the dataset's defaults for the flags left unset
-        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
-    for k, v in zip(("epochs", "batch_size", "lr", "lr_min"), (100, 96, 0.025, 0.001) if oneshot else (50, 256, 0.1, 0.0)):
+    eg, imagenet, oneshot = args.arch_update == "eg", args.dataset == "imagenet", args.space.startswith("nb1shot1")
+    for k, v in (IMAGENET if imagenet else ONESHOT if oneshot else CIFAR).items():  # defaults of the flags left unset
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     if imagenet and (args.space != "darts" or args.single_level or args.split_file or args.train_subset):
         p.error("--dataset imagenet searches the DARTS space on per-class subsets (bilevel): no --space other than darts, "
                 "--single-level, --split-file or --train-subset")
     if not imagenet and (args.subset_files or args.workers is not None):
         p.error("--subset-files and --workers are for --dataset imagenet")
-    if args.nb201_table and args.space != "nb201":
-        p.error("--nb201-table needs --space nb201")
+    data.check_search_args(args, p)
     if eg and (args.arch_betas is not None or args.arch_wd is not None):
         p.error("--arch-betas/--arch-wd configure Adam: they need --arch-update softmax-adam (EG has neither)")
     if not eg and args.edge_lr is not None:
@@ -136,9 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.arch_betas = tuple(args.arch_betas) if args.arch_betas is not None else (None if eg else (0.5, 0.999))
     args.arch_wd = args.arch_wd if args.arch_wd is not None else (None if eg else 1e-3)
     # DEVIATION: 10 warm-up epochs for GAEA, as GAEA's App. C.1.1 states (and the 1Shot1 fork's default); its DARTS-space
-    # release (cnn/, eedarts) has none. PC-DARTS: 15 (its code); 1Shot1's PC-DARTS: 0; ImageNet (both): 35.
-    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (
-        35 if imagenet else 10 if eg else 0 if oneshot else 15)
+    # release (cnn/, eedarts) has none. PC-DARTS: 15 (its code); 1Shot1's PC-DARTS: 0; ImageNet: 35 (PC-DARTS' protocol).
+    args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (35 if imagenet else 10 if eg else 0 if oneshot else 15)
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}): otherwise no architecture step runs")
     return args
@@ -320,7 +316,7 @@ def main(argv=None) -> dict:
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     edge = functools.partial(PartialChannelEdge, k=args.partial_k)
     stem = {"stem": "imagenet"} if imagenet else {}  # PC-DARTS ImageNet: three stride-2 convolutions, 224 -> 28 px
-    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, edge=edge, **stem).to(device), device)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=edge, **stem).to(device), device)
     mode, layout = args.arch_update, edge_layout(space)
     alphas, edges = init_arch(space, mode, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)

@@ -63,29 +63,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
-    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=50, help="search epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
-    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam learning rate of A")
-    p.add_argument("--arch-betas", type=float, nargs=2, default=(0.5, 0.999), help="Adam betas of A")
-    p.add_argument("--arch-wd", type=float, default=1e-3, help="Adam weight decay (coupled L2) of A")
+    p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=data.positive_int, default=50, help="search epochs")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
+    p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=0.001, help="final learning rate of the cosine schedule")
+    p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--arch-lr", type=data.positive_float, default=3e-4, help="Adam learning rate of A")
+    p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=(0.5, 0.999), help="Adam betas of A")
+    p.add_argument("--arch-wd", type=data.nonneg_float, default=1e-3, help="Adam weight decay (coupled L2) of A")
     p.add_argument("--abar-value", default="one", choices=("one", "paper"),
                    help="value of a kept entry of A_bar: one (official code) or A's own value (the paper's prox onto C1)")
-    p.add_argument("--reg", type=float, default=0.0, help="eta of the model-size regulariser R(A) (PAPER: Eq. 8); 0 = off")
+    p.add_argument("--reg", type=data.nonneg_float, default=0.0, help="eta of the model-size regulariser R(A) (PAPER: Eq. 8); 0 = off")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
+    p.add_argument("--seed", type=data.seed, default=2, help="random seed")
+    p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     if args.space != "darts" and args.ops is not None:
@@ -94,10 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.ops = 7 if args.space == "darts" and args.ops is None else args.ops
     if args.space == "darts" and args.ops not in OP_SETS:
         p.error(f"--ops must be 7 (DARTS ops without `none`) or 12 (NASP's larger space), got {args.ops}")
-    if args.nb201_table and args.space != "nb201":
-        p.error("--nb201-table needs --space nb201")
-    if args.reg < 0:
-        p.error(f"--reg must be >= 0, got {args.reg}")
+    data.check_search_args(args, p)
     return args
 
 
@@ -280,7 +277,7 @@ def main(argv=None) -> dict:
     data.refuse_torchrun("nasp.py trains only the selected child each step and has no multi-process search: run it as one "
                          "process, not under torchrun")
     torch.manual_seed(args.seed)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    device = data.resolve_device(args.device)
     # everything that can fail on bad input happens before the run directory exists
     space = nasp_space(args.ops, args.space)
     slices, keep, values = getattr(space, "node_slices", None), edges_kept(space), args.abar_value == "paper"
@@ -288,7 +285,7 @@ def main(argv=None) -> dict:
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
-    model = space.supernet(args.C, args.layers, info.num_classes, edge=NaspEdge).to(device)
+    model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=NaspEdge).to(device)
     A = init_arch(space, device)
     rel_size = size_weights(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)

@@ -74,31 +74,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
-    p.add_argument("--train-portion", type=float, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--train-portion", type=data.unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion (cifar-split.txt, or cifar100- / imagenet-16-120-test-split.txt for direct search)")
-    p.add_argument("--train-subset", type=int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--epochs", type=int, default=50, help="search epochs (also sets T, hence eta and the wipeout margin)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch of both steps, split over torchrun's processes (64; nb1shot1: 96)")
-    p.add_argument("--C", type=int, default=16, help="initial channels of the supernet")
-    p.add_argument("--layers", type=int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
-    p.add_argument("--lr", type=float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
-    p.add_argument("--lr-min", type=float, default=0.001, help="final learning rate of the cosine schedule")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--wd", type=float, default=3e-4, help="weight decay of the weights")
-    p.add_argument("--grad-clip", type=float, default=5.0, help="gradient-norm clip of the weights")
-    p.add_argument("--expert-clip", type=float, default=1.0,
+    p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--epochs", type=data.positive_int, default=50, help="search epochs (also sets T, hence eta and the wipeout margin)")
+    p.add_argument("--batch-size", type=data.positive_int, default=None, help="global batch of both steps, split over torchrun's processes (64; nb1shot1: 96)")
+    p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
+    p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
+    p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
+    p.add_argument("--lr-min", type=data.nonneg_float, default=0.001, help="final learning rate of the cosine schedule")
+    p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
+    p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    p.add_argument("--expert-clip", type=data.positive_float, default=1.0,
                    help="L: per-sample max-abs bound of every expert loss; sets eta and the wipeout margin")
     p.add_argument("--no-wipeout", action="store_true", help="ablation: never remove ops (plain exponentiated gradient)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=int, default=2, help="random seed")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", default="runs", help="results go to OUT_DIR/RUN_NAME/")
-    p.add_argument("--run-name", default=None, help="default: xnas_{space}_{dataset}_s{seed}")
+    p.add_argument("--seed", type=data.seed, default=2, help="random seed")
+    p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+    p.add_argument("--run-name", type=data.run_name, default=None, help="default: xnas_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
     args.batch_size = args.batch_size or (96 if args.space.startswith("nb1shot1") else 64)
-    if args.nb201_table and args.space != "nb201":
-        p.error("--nb201-table needs --space nb201")
+    data.check_search_args(args, p)
     if not args.expert_clip > 0:
         p.error(f"--expert-clip must be > 0, got {args.expert_clip}")
     if args.epochs < 1:
@@ -255,7 +254,7 @@ def main(argv=None) -> dict:
         rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     # torchrun: wiped-out ops are never computed, so DDP must expect parameters without gradient
-    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, edge=XnasEdge).to(device), device, True)
+    model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=XnasEdge).to(device), device, True)
     keep = space.parents() if isinstance(space, spaces.NB1Shot1Space) else {}  # 1Shot1: inputs each row keeps
     cells = assign_cell_ranks(model, space.arch_shapes() if keep else ())
     if missing := [g for g in space.arch_shapes() if cells.get(g, 0) == 0]:

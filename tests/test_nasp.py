@@ -297,7 +297,7 @@ def test_deterministic(tmp_path):
     (["--space", "nb1shot1-1", "--ops", "7"], "--ops chooses"),
     (["--space", "nb201", "--ops", "12"], "--ops chooses"),
     (["--nb201-table", "x.csv"], "--nb201-table needs --space nb201"),
-    (["--reg", "-1"], "--reg must be >= 0"),
+    (["--reg", "-1"], "argument --reg: must be a finite number >= 0"),
 ])
 def test_bad_flags_exit_2_with_one_line(tmp_path, capsys, extra, needle):
     out = tmp_path / "runs"

@@ -186,8 +186,9 @@ def test_imagenet_folder_run(tmp_path):
             (tmp_path / "in" / split / c).mkdir(parents=True)
             for i in range(3):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "in" / split / c / f"{i}.png")
+    # 6 epochs: the linear schedule decays over E - 5 epochs (fewer are refused; E < 5 gave a negative lr)
     r = train_eval.main(["--genotype", "DARTS_V2", "--dataset", "imagenet", "--data-dir", str(tmp_path / "in"),
-                         "--epochs", "1", "--batch-size", "4", "--C", "8", "--layers", "3", "--workers", "0",
+                         "--epochs", "6", "--batch-size", "4", "--C", "8", "--layers", "3", "--workers", "0",
                          "--device", "cpu", "--out-dir", str(tmp_path / "out")])
     assert r["protocol"] == "darts-imagenet" and r["test_top5"] == 1.0  # 2 classes: top-5 is always right
     assert r["params"] == spaces.count_parameters(spaces.DartsEvalNetworkImageNet(spaces.PUBLISHED["DARTS_V2"], 8, 3, 2))

@@ -218,8 +218,8 @@ def test_same_seed_same_result(tmp_path, tiny_npz):
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("args,needle", [
     (["--space", "darts", "--nb201-table", "x.csv"], "--nb201-table needs --space nb201"),
-    (["--expert-clip", "0"], "--expert-clip must be > 0"),
-    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--expert-clip", "0"], "argument --expert-clip: must be a finite number > 0"),
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1"),
 ])
 def test_unsupported_combinations_exit_2_with_one_line(tmp_path, capsys, args, needle):
     with pytest.raises(SystemExit) as exc:
@@ -230,10 +230,10 @@ def test_unsupported_combinations_exit_2_with_one_line(tmp_path, capsys, args, n
 
 
 def test_cli_space_error_is_one_line_and_writes_nothing(tmp_path, tiny_npz):
-    """darts with 2 cells has no normal cell: a SpaceError from main, printed as one line by the script."""
+    """darts with 2 cells has no normal cell: refused by the parser (data.check_search_args), usage + one line."""
     proc = subprocess.run([sys.executable, str(ROOT / "algos" / "xnas.py"), "--space", "darts", "--layers", "2",
                            "--dataset", tiny_npz, "--C", "4", "--out-dir", "out"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == ["error: --layers 2 leaves no normal cell to search"]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("xnas.py: error: --layers 2: the DARTS space needs >= 3 cells")
     assert not (tmp_path / "out").exists()
