@@ -11,8 +11,6 @@ Reproduce the paper's NB201 search (ERM, CIFAR-10, 25 epochs), with the benchmar
     python algos/gaea_darts_erm.py --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 The "GAEA DARTS (bilevel)" row: add --bilevel --split-file ../shared/data/nb201/splits/cifar-split.txt.gz
 (DEVIATION: the last epoch's genotype is returned; the release's bilevel run returns the best-validation epoch's.)
-One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
-    torchrun --nproc_per_node 8 algos/gaea_darts_erm.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/gaea_darts_erm.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """

@@ -79,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    " | imagenet (ImageFolder DATA_DIR/train: PC-DARTS' ImageNet search and its defaults)")
     p.add_argument("--subset-files", nargs=2, default=None, metavar=("WEIGHTS", "ARCH"), help="imagenet: image lists "
                    "(paths relative to train/, one per line) instead of the seeded per-class 10%% / 2.5%% draw")
-    p.add_argument("--workers", type=data.nonneg_int, default=None, help="imagenet: loader processes per loader and rank (8)")
+    p.add_argument("--workers", type=data.nonneg_int, default=None, help="imagenet: loader processes per loader and rank (8; 0: load in the main process)")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--arch-update", default="eg", choices=("eg", "softmax-adam"),
                    help="eg: GAEA (simplex weights, exponentiated gradient); softmax-adam: the PC-DARTS baseline")

@@ -1,8 +1,9 @@
 """Is N-process torchrun search the same experiment as one process with the same global batch? For each mixture
-method (darts, gaea_darts_erm, gaea_pcdarts, xnas) this runs one search in one process with --batch-size B and the
-same search under `torchrun --nproc_per_node N` (gloo on CPU, B/N per rank), each as its own process, and prints the
-largest difference of the final architecture state (darts: alpha logits; gaea_*: simplex weights, pcdarts also the
-edge weights; xnas: log-weights) beside how far that state moved from its initial value.
+method (darts, gaea_darts_erm, gaea_pcdarts with EG, pcdarts = gaea_pcdarts.py --arch-update softmax-adam, xnas)
+this runs one search in one process with --batch-size B and the same search under `torchrun --nproc_per_node N`
+(gloo on CPU, B/N per rank), each as its own process, and prints the largest difference of the final architecture
+state (logits, simplex weights, PC-DARTS' edge weights too, xnas' log-weights) beside how far the op weights moved
+from their start.
 
 Two settings: `no-bn` replaces every BatchNorm2d by the identity (then nothing couples the samples of a batch and
 the two runs must agree up to float summation order), and `bn` keeps BatchNorm (each rank normalises with the
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import data  # noqa: E402
 
-ALGOS = ("darts", "gaea_darts_erm", "gaea_pcdarts", "xnas")
+ALGOS = ("darts", "gaea_darts_erm", "gaea_pcdarts", "pcdarts", "xnas")  # pcdarts: gaea_pcdarts.py --arch-update softmax-adam
 NO_BN = '''import runpy, sys
 import torch.nn as nn
 
@@ -59,16 +60,16 @@ def arch_state(result: dict, keys=("alphas", "edges", "log_weights")) -> np.ndar
 
 
 def op_movement(algo: str, result: dict) -> float:
-    """Largest change of an op weight from its start: logits 1e-3 N(0,1) ~ 0 (darts), uniform simplex rows 1/K
+    """Largest change of an op weight from its start: logits 1e-3 N(0,1) ~ 0 (darts, pcdarts), uniform simplex rows 1/K
     (gaea_*), log(1/K) (xnas); the edge weights of gaea_pcdarts are not counted."""
     ops = arch_state(result, ("alphas", "log_weights"))
     k = len(next(iter((result.get("alphas") or result["log_weights"]).values()))[0])
-    start = {"darts": 0.0, "xnas": -np.log(k)}.get(algo, 1.0 / k)
+    start = {"darts": 0.0, "pcdarts": 0.0, "xnas": -np.log(k)}.get(algo, 1.0 / k)
     return float(np.nanmax(np.abs(ops - start)))
 
 
 def run(algo: str, nproc: int, setting: str, argv: list, out: Path, runner: Path) -> dict:
-    script = str(ROOT / "algos" / f"{algo}.py")
+    script = str(ROOT / "algos" / f"{'gaea_pcdarts' if algo == 'pcdarts' else algo}.py")
     launch = [sys.executable] if nproc == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
                                                    str(nproc), "--master-port", str(free_port())]
     cmd = [*launch, str(runner), setting, script, *argv, "--out-dir", str(out), "--run-name", "r"]
@@ -96,8 +97,8 @@ def main() -> None:
         for algo in args.algos:
             argv = ["--space", "nb201", "--dataset", str(npz), "--C", "4", "--layers", "1", "--batch-size",
                     str(args.batch), "--epochs", str(args.epochs), "--device", "cpu", "--seed", "0"]
-            if algo == "gaea_pcdarts":
-                argv += ["--warmup-epochs", "0"]
+            if algo in ("gaea_pcdarts", "pcdarts"):
+                argv += ["--warmup-epochs", "0"] + (["--arch-update", "softmax-adam"] if algo == "pcdarts" else [])
             for setting in args.settings:
                 one = run(algo, 1, setting, argv, tmp / f"{algo}_{setting}_1", runner)
                 many = run(algo, args.nproc, setting, argv, tmp / f"{algo}_{setting}_{args.nproc}", runner)

@@ -63,7 +63,7 @@ def _helpers_worker(rank: int, world: int, port: int) -> None:
 
 
 def test_distributed_helpers_two_processes_gloo():
-    mp.spawn(_helpers_worker, args=(2, free_port()), nprocs=2, join=True)
+    mp.start_processes(_helpers_worker, args=(2, free_port()), nprocs=2, join=True, start_method="fork")  # no re-import
 
 
 def test_helpers_are_no_ops_in_one_process():
