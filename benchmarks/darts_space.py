@@ -24,8 +24,8 @@ error, params, search cost, the papers' numbers beside; and the discretisation c
 The papers' setting (GPU; 5 searches, 5 x 600-epoch selections, 10 x 600-epoch final trainings per cell):
     python benchmarks/darts_space.py --references DARTS_V2 PC_DARTS random:3
     python benchmarks/darts_space.py --arch-update softmax-adam --references DARTS_V2 PC_DARTS random:3
-CPU budget on the CIFAR-10 subset (see MINI below; measured: 41 min with the 10 reference trainings, then 12 min for
-the second algorithm, which reuses them; one process at a time on a core shared with other work):
+CPU budget on the CIFAR-10 subset (see MINI below; measured on the 2-core machine: two pipelines side by side, one
+thread each, 17 min wall, reusing 10 reference trainings that take about 23 min of one core on their own):
     python benchmarks/darts_space.py --mini --threads 1 --references DARTS_V2 PC_DARTS random:3
 Pipeline check (tiny synthetic data, < 3 min):  python benchmarks/darts_space.py --quick
 Commands only (for a cluster scheduler):         python benchmarks/darts_space.py --print-commands ...
@@ -57,14 +57,14 @@ import spaces  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 # the budgets of --mini and --quick; flags given on the command line win. `warmup` is used where the algos file has
-# --warmup-epochs. MINI (CIFAR-10 subset, one CPU core shared with other work): the search sees 600 images (300 weights
-# / 300 arch) for 3 epochs (1 warm-up) at C=8, 5 cells; selection trains on 800 and validates on 400 held-out training
+# --warmup-epochs. MINI (CIFAR-10 subset, 2 CPU cores): the search sees 2,000 images (1,000 weights / 1,000 arch) for
+# 6 epochs (2 warm-up: 64 architecture steps) at C=8, 5 cells; selection trains on 800 and validates on 400 held-out training
 # images for 2 epochs; final trainings use 1,500 images, 3 epochs, C=8, 5 cells, batch 64, and the protocol's
 # regularisers unchanged (cutout 16, auxiliary 0.4, drop path 0.3); 2 searches, 2 final seeds.
 PRESETS = {
     "mini": dict(dataset=str(SHARED / "images" / "cifar10_partial.npz"), search_seeds=[0, 1], train_seeds=[0, 1],
-                 search_flags=["--train-subset", "600", "--C", "8", "--layers", "5", "--batch-size", "64",
-                               "--epochs", "3"], warmup=1, select_images=1200, valid_size=400, select_epochs=2,
+                 search_flags=["--train-subset", "2000", "--C", "8", "--layers", "5", "--batch-size", "64",
+                               "--epochs", "6"], warmup=2, select_images=1200, valid_size=400, select_epochs=2,
                  train_flags=["--C", "8", "--layers", "5", "--batch-size", "64"], train_subset=1500, epochs=3),
     "quick": dict(dataset="tiny-synthetic", search_seeds=[0, 1], train_seeds=[0, 1],
                   search_flags=["--train-subset", "48", "--C", "8", "--layers", "3", "--batch-size", "16",
