@@ -591,14 +591,15 @@ def _check_indices(idx: np.ndarray, n: int, split_file, what: str) -> np.ndarray
 
 
 def search_split(n_train: int, bilevel: bool, train_portion: float = 0.5, split_file: str | None = None,
-                 split_keys=("train", "valid")) -> tuple[np.ndarray, np.ndarray]:
+                 split_keys=("train", "valid"), splits: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the training set for (weight-step data, architecture-step data). Single-level (ERM): both are all
     indices. Bilevel: NB201's train/valid split file when given, else the first `train_portion` of the training set
-    for the weights and the rest for the architecture (DARTS). (xvalid/xtest files: see `test_split`.)"""
+    for the weights and the rest for the architecture (DARTS). (xvalid/xtest files: see `test_split`.) `splits`: the
+    split file's contents when the caller has read it already."""
     if not bilevel:
         return np.arange(n_train), np.arange(n_train)
     if split_file is not None:
-        splits = read_split_file(split_file)
+        splits = read_split_file(split_file) if splits is None else splits
         if any(k not in splits for k in split_keys):
             raise DataError(f"{split_file} has keys {sorted(splits)}, not {list(split_keys)}")
         return tuple(_check_indices(splits[k], n_train, split_file, "training set") for k in split_keys[:2])
@@ -676,7 +677,7 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
         weight_ds, arch_ds = ArrayDataset(x, y), ArrayDataset(x_test[a_idx], y_test[a_idx])
         x_test, y_test = x_test[t_idx], y_test[t_idx]
     else:
-        w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file)
+        w_idx, a_idx = search_split(len(y), bilevel, train_portion, split_file, splits=splits or None)
         weight_ds = ArrayDataset(x[w_idx], y[w_idx])
         arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
     weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
@@ -740,8 +741,11 @@ def oracle_metrics(table: dict | None, genotype, dataset: str) -> dict[str, floa
 
 @torch.no_grad()
 def evaluate(model, loader, augment, device, *arch) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model(x, *arch)` over `loader` in eval mode (train mode afterwards)."""
+    """Mean cross-entropy and accuracy of `model(x, *arch)` over `loader` in eval mode (train mode afterwards).
+    Tensors in weight dicts of `arch` are detached, so the supernet skips their zero entries as in a weight step."""
     model.eval()
+    arch = tuple({g: w.detach() if torch.is_tensor(w) else w for g, w in a.items()} if isinstance(a, dict) else a
+                 for a in arch)
     loss, correct, n = 0.0, 0, 0
     for x, y in loader:
         x, y = augment(x.to(device)), y.to(device)

@@ -89,8 +89,7 @@ RESUMABLE_CHANGES = {"genotype", "device", "amp", "out_dir", "run_name", "resume
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class ResumeError(RuntimeError):
-    """A run cannot be resumed (no checkpoint, or a different genotype / setting)."""
+ResumeError = data.ResumeError  # one error for every refused resume, searches and retraining alike
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -346,10 +345,8 @@ CHECKPOINT_KEYS = {"epoch", "genotype", "args", "model", "optimizer", "scheduler
 
 
 def load_checkpoint(run_dir: str) -> dict:
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.is_file():
-        raise ResumeError(f"no checkpoint to resume at {path}")
-    ckpt = data.load_checkpoint(path)  # a torn or foreign file: one error line
+    path = Path(run_dir) / data.CHECKPOINT
+    ckpt = data.load_checkpoint(path)  # missing, torn or foreign: one error line
     if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
         raise ResumeError(f"{path} is not a train_eval.py checkpoint (missing its keys)")
     return ckpt
@@ -545,5 +542,5 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError, ResumeError) as err:
+    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:  # ResumeError is a DataError
         sys.exit(f"error: {err}")

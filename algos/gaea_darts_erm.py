@@ -94,11 +94,6 @@ class ExponentiatedGradient(torch.optim.Optimizer):
                 p.copy_(eg_update(p, p.grad, g["lr"], g["floor"]))
 
 
-def mean_entropy(weights: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean entropy (nats) of the rows of each group: how far the search is from a discrete choice."""
-    return {g: float(-(w * w.clamp_min(1e-12).log()).sum(-1).mean()) for g, w in weights.items()}
-
-
 def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
     """One EG step on theta with the architecture batch, at the current weights (first order). PAPER: Eq. (8)"""
     arch_opt.zero_grad(set_to_none=True)
@@ -127,21 +122,6 @@ def derive_genotype(space, alphas):
     1Shot1: argmax op per node and top-k inputs (spaces.*Space.derive)."""
     with torch.no_grad():
         return space.derive(mixture_weights(alphas))
-
-
-@torch.no_grad()
-def evaluate(model, weights, loader, augment, device) -> tuple[float, float]:
-    """Loss and accuracy of the supernet with op weights `weights` (mixture_weights, or a derived cell's one-hot)."""
-    model.eval()
-    weights, loss, correct, n = {g: w.detach() for g, w in weights.items()}, 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = model(x, weights)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
 
 
 def main(argv=None) -> dict:
@@ -186,14 +166,14 @@ def main(argv=None) -> dict:
         metrics = {"epoch": epoch, **{k: v / len(paired) for k, v in sums.items()}, "lr": sched.get_last_lr()[0],
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         with torch.no_grad():
-            metrics.update({f"entropy_{g}": h for g, h in mean_entropy(mixture_weights(alphas)).items()})
+            metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(mixture_weights(alphas)).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
-    test_loss, test_acc = evaluate(model, mixture_weights(alphas), test_loader, test_augment, device)
+    test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(alphas))
     genotype = derive_genotype(space, alphas)
-    gap = spaces.discretisation_check(space, genotype, lambda w: evaluate(  # GAEA Sec. 4.1: the derived cell
-        model, w, test_loader, test_augment, device), device)
+    gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell
+        model, test_loader, test_augment, device, w), device)
     result = {"algorithm": "gaea_darts_erm", "bilevel": args.bilevel, "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss, **gap,
               "search_time_s": time.time() - run.start,

@@ -68,7 +68,7 @@ def test_mixture_weights_are_row_softmax():
     w = darts.mixture_weights(alphas)["normal"]
     assert torch.allclose(w[0], torch.tensor([0.5, 0.5]))
     assert torch.allclose(w[1], torch.tensor([1.0, 0.0]).exp() / (1 + torch.e))
-    h = darts.mean_entropy({"normal": torch.tensor([[0.5, 0.5], [1.0, 0.0]])})["normal"]
+    h = spaces.mean_entropy({"normal": torch.tensor([[0.5, 0.5], [1.0, 0.0]])})["normal"]
     assert abs(h - 0.5 * torch.log(torch.tensor(2.0)).item()) < 1e-6
 
 
