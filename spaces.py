@@ -7,15 +7,20 @@ Contents, top to bottom:
      by index, one op scaled by its straight-through weight). How the weights are *produced*
      (softmax, simplex, Gumbel, prox, sampling) is algorithm logic and lives in each algos file.
      A weight vector without gradient runs only its non-zero ops; `none` is never computed.
-  3. Search supernets: the DARTS cell space (2 inputs + 4 nodes, 14 edges, 8 cells, reductions at 1/3
-     and 2/3), NAS-Bench-201 (4 nodes, 6 edges, 3 stages of N cells) and NAS-Bench-1Shot1 spaces 1-3.
+  3. Search supernets: 3a. the DARTS cell space (2 inputs + 4 nodes, 14 edges, 8 cells, reductions at
+     1/3 and 2/3), 3b. NAS-Bench-201 (4 nodes, 6 edges, 3 stages of N cells), 3c. NAS-Bench-1Shot1 spaces 1-3.
      Every supernet takes an `edge` factory so an algorithm can plug its own edge module in (e.g.
      partial channels), and `forward(x, arch)` with `arch` a dict {group: per-row spec}.
-  4. Space descriptions (`get_space`): architecture-parameter shapes per group and the standard
-     derivation of a discrete architecture from (positive) weights.
-  5. Genotypes: DARTS genotype, NB201 arch string, NB101 spec; JSON round trip, parsing with clear
-     errors, DOT pictures, published genotypes by name.
-  6. Discrete networks: the DARTS evaluation network (auxiliary head, drop path) and the NB201 network.
+  4. Genotypes: DARTS genotype, NB201 arch string, NB101 spec; JSON round trip, parsing with clear
+     errors, DOT pictures, published genotypes by name (before 5, whose derivations return them).
+  5. Space descriptions (`get_space`): architecture-parameter shapes per group and the standard
+     derivation of a discrete architecture from (positive) weights; entropy, one-hot weights and the
+     discretisation check shared by the searches.
+  6. Discrete networks, trained from scratch by train_eval.py (`count_parameters` first, DARTS' convention):
+     6a. the DARTS evaluation network for CIFAR (auxiliary head, drop path);
+     6b. the NB201 network;
+     6c. the DARTS evaluation network for ImageNet (three-conv stem, 7x7 auxiliary head);
+     6d. the NB101 network that trains a 1Shot1 result (NB101 spec) with NB101's channel rule.
 
 Facts (op definitions, macro layouts, parameter counts) follow the public DARTS, NAS-Bench-201,
 NAS-Bench-1Shot1 and NASP code as summarised in ../shared/reference/; no code was copied.
@@ -475,7 +480,8 @@ class NB1Shot1Supernet(nn.Module):
         for stack in range(3):
             C_stack = C * 2 ** stack
             if stack > 0:
-                # DEVIATION: 1Shot1 uses MaxPool2d(2, 2, padding=1) (32->17->9); we use NB101's padding 0 (32->16->8).
+                # DEVIATION: 1Shot1 uses MaxPool2d(2, 2, padding=1) (32->17->9); we use NB101's padding 0 (32->16->8)
+                # — so the searched cells see the map sizes of the NB101 network that trains and scores their spec.
                 self.layers.append(nn.MaxPool2d(2, 2))
             for _ in range(cells_per_stack):
                 self.layers.append(OneShotCell(C_in, C_stack, space_id, edge))
@@ -492,7 +498,7 @@ class NB1Shot1Supernet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(self.post(x), 1).flatten(1))
 
 
-# ========================================================================= 5. genotypes ====
+# ========================================================================= 4. genotypes ====
 # (defined before the space descriptions, which return them)
 def _check_ops(ops, allowed, what):
     for op in ops:
@@ -594,8 +600,11 @@ class NB201Genotype:
             node = []
             for item in part[1:-1].split("|"):
                 op, sep, j = item.partition("~")
-                if not sep or not (j.isascii() and j.isdigit()):
+                if not sep:
                     raise GenotypeError(f"malformed NB201 arch string {s!r}: {item!r} is not 'op~j'")
+                if not (j.isascii() and j.isdigit() and j == str(int(j))):  # '00', '01', '+1', ' 1' are not indices
+                    raise GenotypeError(f"malformed NB201 arch string {s!r}: input index {j!r} in {item!r} is not a "
+                                        "non-negative decimal integer without sign or leading zeros")
                 node.append((op, int(j)))
             nodes.append(tuple(node))
         return cls(tuple(nodes))
@@ -772,7 +781,7 @@ def genotype_to_dot(g) -> str:
     return "\n".join(lines + ["}"]) + "\n"
 
 
-# ================================================================ 4. space descriptions ====
+# ================================================================ 5. space descriptions ====
 def darts_cell_from_weights(weights: torch.Tensor, op_names: Sequence[str], steps=4, keep=2) -> tuple:
     """The standard DARTS rule: per node rank incoming edges by their strongest non-`none` op weight, keep the
     top `keep` (ties: lower input first), and on each kept edge take that strongest non-`none` op."""
@@ -961,6 +970,12 @@ def get_space(name: str, ops=None, ops_reduce=None):
 
 
 # ================================================================ 6. discrete networks ====
+def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
+    """Number of parameters, leaving out those whose name contains `exclude` (DARTS' convention)."""
+    return sum(p.numel() for n, p in model.named_parameters() if not (exclude and exclude in n))
+
+
+# ==================================================== 6a. DARTS evaluation network (CIFAR) ====
 def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
     """Zero whole samples with probability p and rescale the rest by 1/(1-p)."""
     if p <= 0.0:
@@ -1048,6 +1063,7 @@ class DartsEvalNetwork(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux
 
 
+# =============================================================== 6b. NAS-Bench-201 network ====
 class NB201InferCell(nn.Module):
     def __init__(self, genotype: NB201Genotype, C):
         super().__init__()
@@ -1078,11 +1094,7 @@ class NB201Network(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(self.head(x), 1).flatten(1))
 
 
-def count_parameters(model: nn.Module, exclude: str = "auxiliary") -> int:
-    """Number of parameters, leaving out those whose name contains `exclude` (DARTS' convention)."""
-    return sum(p.numel() for n, p in model.named_parameters() if not (exclude and exclude in n))
-
-
+# ================================================= 6c. DARTS evaluation network (ImageNet) ====
 class AuxiliaryHeadImageNet(nn.Module):
     """On 7x7 maps (224 px input): ReLU, AvgPool 5/2 -> 2x2, 1x1 conv 128, BN, ReLU, 2x2 conv 768, ReLU, linear.
     As in the DARTS code, there is no BN after the 768-channel conv (DARTS left it out, a typo kept for consistency
@@ -1141,6 +1153,7 @@ class DartsEvalNetworkImageNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1)), aux
 
 
+# ============================================== 6d. NAS-Bench-101 network (1Shot1 results) ====
 def nb101_vertex_channels(C_in: int, C_out: int, matrix) -> list[int]:
     """NAS-Bench-101's channel rule for a pruned cell: the vertices feeding the output split C_out evenly (the
     remainder goes one channel each to the first of them); every other interior vertex gets the largest channel

@@ -130,6 +130,19 @@ def test_malformed_genotypes_raise_clear_errors(text):
         S.parse_genotype(text)
 
 
+@pytest.mark.parametrize("j", ["00", "01", "+1", "-0", " 1", "1 ", "0x1", "\u0661", "1.0", ""])
+def test_nb201_input_index_must_be_canonical_decimal(j):
+    """'~00' once read as input 0: an input index is a canonical non-negative decimal, else one GenotypeError line."""
+    good = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
+    assert str(S.parse_genotype(good)) == good
+    bad = good.replace("avg_pool_3x3~1", f"avg_pool_3x3~{j}")
+    with pytest.raises(S.GenotypeError) as err:
+        S.NB201Genotype.from_str(bad)
+    assert "\n" not in str(err.value) and "avg_pool_3x3~" in str(err.value)
+    with pytest.raises(S.GenotypeError):
+        S.parse_genotype(bad)
+
+
 def test_malformed_darts_and_nb101_raise():
     ok = S.PUBLISHED["DARTS_V2"].to_json()
     for bad in ({**ok, "normal": ok["normal"][:3]}, {**ok, "normal": [["sep_conv_3x3", 5]] + ok["normal"][1:]},
