@@ -1021,8 +1021,8 @@ class AuxiliaryHeadCIFAR(nn.Module):
     def forward(self, x):
         if x.shape[-2:] == (8, 8):
             return self.classifier(self.features(x).flatten(1))
-        # DEVIATION: DARTS' head assumes 8x8 maps (32 px images) and fails on others (28 px MNIST gives 4x4 maps);
-        # other sizes are average-pooled adaptively to the 2x2 that AvgPool 5/3 makes of 8x8.
+        # DEVIATION: DARTS' head assumes 8x8 maps (32 px images) and fails on others (28 px MNIST gives 4x4 maps) —
+        # here other sizes are average-pooled adaptively to the 2x2 that AvgPool 5/3 makes of 8x8.
         x = F.adaptive_avg_pool2d(self.features[0](x), 2)
         return self.classifier(self.features[2:](x).flatten(1))
 

@@ -11,7 +11,7 @@ without gradient, ranks them (+1 / -1; a tie skips the update) and moves theta a
 fixed Fisher length delta, floors theta at theta_min, and adapts delta from the accumulated normalised natural
 gradients (SNR threshold alpha = 1.5). The final architecture is the mode of theta.
 
-Variables (ALGO LOGIC, see ArchVariables): NB201: one categorical per edge over its 5 ops (`none` included).
+Variables (see ArchVariables): NB201: one categorical per edge over its 5 ops (`none` included).
 DARTS space: per cell type and node i (2+i possible inputs) one categorical over the C(2+i, 2) unordered input
 pairs and two op categoricals over the 7 DARTS ops without `none` (op_a on the lower input of the pair, op_b on
 the higher one; node 0 has a single pair): 2 x (3 + 8) = 22 variables, and every node gets exactly two distinct
@@ -48,8 +48,8 @@ if not (_here / "spaces.py").exists():  # repository layout: algos/ beside space
 import data  # noqa: E402
 import spaces  # noqa: E402
 
-# DEVIATION: 1Shot1 has no ASNG run; there we take its common one-shot training setting (1Shot1's
-# optimizers/*/train_search.py: batch 96, cosine to 0.001, no cutout) and keep ASNG's own 100 epochs.
+# EXTENSION: ASNG on NAS-Bench-1Shot1, which no paper ran: 1Shot1's common one-shot training setting (its
+# optimizers/*/train_search.py: batch 96, cosine to 0.001, no cutout) and ASNG's own 100 epochs.
 DEFAULTS = {"paper": {"batch_size": 64, "lr_min": 0.0, "cutout": 16}, "nb1shot1": {"batch_size": 96, "lr_min": 0.001, "cutout": 0}}
 
 
@@ -97,7 +97,7 @@ def ranking_utility(losses, rho: float = 0.25) -> torch.Tensor:
     by_rank[:mu], by_rank[lam - mu:] = 1.0 / mu, -1.0 / mu
     fs, u_sorted, start = f[order], torch.empty(lam, dtype=torch.float64), 0
     for r in range(1, lam + 1):
-        # DEVIATION: exact equality is always a tie (the official relative test misses ties of losses <= 0).
+        # DEVIATION: exact equality is always a tie — the official relative test misses ties of losses <= 0.
         if r == lam or fs[r] - fs[r - 1] > 1e-14 * fs[r - 1].abs():
             u_sorted[start:r] = by_rank[start:r].mean()
             start = r
@@ -140,7 +140,7 @@ class CategoricalASNG:
         self.theta = self.mask.double() / self.K[:, None]
         self.N = int((self.K - 1).sum())  # dimension of the expectation parameters
         self.d_valid = int((self.K > 1).sum())
-        # PAPER: range restriction theta_min = 1 / (D_valid (K_i - 1)) (official code's margin)
+        # ALGO LOGIC: range restriction theta_min = 1 / (D_valid (K_i - 1)), the official code's margin
         self.theta_min = torch.where(self.K > 1, 1.0 / (max(self.d_valid, 1) * (self.K - 1).clamp_min(1).double()), 0.0)
         if (self.K * self.theta_min > 1.0 + 1e-12).any():
             raise ValueError(f"theta floor infeasible with D_valid = {self.d_valid}: needs D_valid >= K/(K-1)")
@@ -192,13 +192,14 @@ class ArchVariables:
     """The categorical variables of a space, their names, and the decoding of one sample into supernet specs
     (`spaces.MixedEdge`: int = only that op; None = edge not computed; 1Shot1 inputs: 0/1 rows) and a genotype.
     NB201: per edge one variable over its ops (`none` included; its op is the zero op, costing nothing).
-    DARTS (ALGO LOGIC): per cell type and node i, a variable over the C(2+i, 2) unordered input pairs (node 0 has
-    one pair, so no variable) and op_a / op_b over the ops (no `none`) for the lower / higher input of the pair.
-    1Shot1 (ALGO LOGIC): an op variable per choice node, an input-set variable per `in{b}` group and for `out`.
-    # DEVIATION: the paper searches the ENAS micro cell (5 nodes, input-1/input-2 each over 2+i inputs that may
-    coincide, op-1/op-2 over 5 ops, loose ends concatenated + 1x1 conv). Our DARTS cell has 14 edges with their
-    own weights (per input and op, as in ENAS) and concatenates all 4 nodes, so two equal inputs would be one
-    edge: the unordered pair keeps exactly two distinct inputs per node, as every DARTS genotype has."""
+    DARTS: per cell type and node i, a variable over the C(2+i, 2) unordered input pairs (node 0 has one pair, so
+    no variable) and op_a / op_b over the ops (no `none`) for the lower / higher input of the pair.
+    1Shot1: an op variable per choice node, an input-set variable per `in{b}` group and for `out`."""
+    # EXTENSION: ASNG on the DARTS, NB201 and 1Shot1 spaces; its paper searched the ENAS micro cell only (5 nodes,
+    # input-1/input-2 each over 2+i inputs that may coincide, op-1/op-2 over 5 ops, loose ends concatenated + 1x1 conv).
+    # ALGO LOGIC: the DARTS cell has 14 edges with their own weights (per input and op, as in ENAS) and concatenates
+    # all 4 nodes, so two equal inputs would be one edge: the unordered pair keeps exactly two distinct inputs per
+    # node, as every DARTS genotype has.
 
     def __init__(self, space):
         self.space, self.names, self.categories, self.groups, self.sets = space, [], [], [], {}
@@ -271,7 +272,7 @@ def weight_step(model, asng, variables, opt, x, y, grad_clip, lam, gen) -> tuple
     for _ in range(lam):
         logits = model(x, variables.decode(asng.sample(gen)))
         loss = F.cross_entropy(logits, y)
-        # DEVIATION: a backward of loss/lam per sample (official: of the mean, once): same gradient, one graph in memory
+        # DEVIATION: a backward of loss/lam per sample (official: of the mean, once) — same gradient, one graph in memory
         (loss / lam).backward()
         loss_sum, acc_sum = loss_sum + loss.item(), acc_sum + (logits.argmax(1) == y).float().mean().item()
     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

@@ -3,11 +3,11 @@
 Paper: https://arxiv.org/abs/1806.09055 -- official code: https://github.com/quark0/darts (cnn/)
 
 What this file implements: every edge of a supernet mixes its candidate ops with weights softmax(alpha)
-(PAPER: Eq. 2); the architecture logits alpha are trained by Adam on the loss of an architecture batch, the
+(Eq. 2 of the paper); the architecture logits alpha are trained by Adam on the loss of an architecture batch, the
 network weights by SGD on a training batch, alternating every step. First order (default): the gradient of alpha
-is taken at the current weights (PAPER: Eq. 6 with xi = 0). Second order (`--unrolled`, bilevel only): the gradient
+is taken at the current weights (Eq. 6 with xi = 0). Second order (`--unrolled`, bilevel only): the gradient
 of alpha is taken after one virtual SGD step of the weights, with the implicit term by a finite-difference
-Hessian-vector product (PAPER: Eq. 6-8). At the end each node keeps its two strongest incoming
+Hessian-vector product (Eqs. 6-8). At the end each node keeps its two strongest incoming
 edges with their strongest non-`none` op (DARTS space), or each edge its strongest op (NB201).
 Bilevel by default (weights on one half of the training set, alpha on the other); `--single-level` trains both
 on the whole training set (the ERM variant that GAEA studies).
@@ -18,13 +18,14 @@ Reproduce the paper's search (DARTS space, CIFAR-10, 50 epochs), first and secon
 NAS-Bench-201's DARTS-V1 baseline, with the benchmark's accuracy of the derived cell each epoch:
     python algos/darts.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 (add --unrolled for its DARTS-V2 row.)
-# DEVIATION: on nb201 we keep DARTS' own settings (momentum SGD, wd 3e-4, cosine per epoch, architecture step
-# first); NB201's DARTS-V1 run used nesterov, wd 5e-4, a per-step cosine and the weight step first.
 One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
     torchrun --nproc_per_node 8 algos/darts.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
     python algos/darts.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
+# DEVIATION: on nb201 DARTS keeps its own settings (momentum SGD, wd 3e-4, cosine per epoch, architecture step first);
+# NB201's DARTS-V1 run used nesterov, wd 5e-4, a per-step cosine and the weight step first — one DARTS, with its own
+# paper's settings, on every space.
 from __future__ import annotations
 
 import argparse
@@ -91,7 +92,8 @@ def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
-    """One Adam step on alpha with the architecture batch, at the current weights (first order). PAPER: Eq. (6), xi=0"""
+    """One Adam step on alpha with the architecture batch, at the current weights (first order)."""
+    # PAPER: Eq. (6) with xi = 0: the gradient of L_val at the current weights
     arch_opt.zero_grad(set_to_none=True)
     logits = model(x, mixture_weights(alphas))
     loss = F.cross_entropy(logits, y)
@@ -105,10 +107,8 @@ def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
 def virtual_step(model, alphas, opt, x, y, xi) -> dict[str, torch.Tensor]:
     """w' = w - xi * (momentum * buf + grad_w L_train(w, alpha) + wd * w) with the momentum buffers, momentum and
     weight decay of the SGD optimizer `opt`: the step `opt` would take next, without gradient clipping (as the
-    official code). Returns {parameter name: w'}, tensors without graph.
-    PAPER: Eq. (6) w' = w - xi grad_w L_train(w, alpha)
-    DEVIATION: the momentum and weight-decay terms are the official code's (its virtual step is the optimizer's
-    step); the paper's Eq. (6) is a plain gradient step."""
+    official code). Returns {parameter name: w'}, tensors without graph."""
+    # PAPER: Eq. (6) w' = w - xi grad_w L_train(w, alpha)
     with torch.no_grad():
         weights = mixture_weights(alphas)
     names, params = zip(*model.named_parameters())
@@ -118,6 +118,8 @@ def virtual_step(model, alphas, opt, x, y, xi) -> dict[str, torch.Tensor]:
     w_virtual = {}
     with torch.no_grad():
         for name, p, g in zip(names, params, grads):
+            # DEVIATION: the momentum and weight-decay terms are the official code's (its virtual step is the optimizer's
+            # step); the paper's Eq. (6) is a plain gradient step — the official code made DARTS' second-order results
             step = group_of[p]["weight_decay"] * p + (0.0 if g is None else g)
             buf = opt.state[p].get("momentum_buffer") if p in opt.state else None
             if buf is not None:  # no buffer before the first real step: the official code uses zeros
@@ -134,8 +136,9 @@ def _grads_or_zeros(grads, tensors) -> list[torch.Tensor]:
 def hessian_vector_product(model, alphas, vector: dict[str, torch.Tensor], x, y, r: float = 1e-2) -> list[torch.Tensor]:
     """grad^2_{alpha, w} L_train(w, alpha) @ vector by central differences at the current weights w:
     (grad_alpha L_train(w + eps v, alpha) - grad_alpha L_train(w - eps v, alpha)) / (2 eps), eps = r / ||v||.
-    PAPER: Eq. (8), eps = 0.01 / ||grad_w' L_val(w', alpha)||. Returns one tensor per alpha group."""
+    Returns one tensor per alpha group."""
     alpha_list = list(alphas.values())
+    # PAPER: Eq. (8), eps = 0.01 / ||grad_w' L_val(w', alpha)||
     eps = r / torch.cat([v.reshape(-1) for v in vector.values()]).norm()
     params = dict(model.named_parameters())
     grads = []
@@ -149,7 +152,8 @@ def hessian_vector_product(model, alphas, vector: dict[str, torch.Tensor], x, y,
 def unrolled_arch_grads(model, alphas, opt, x, y, xa, ya, xi) -> tuple[list[torch.Tensor], float, float]:
     """The second-order architecture gradient grad_alpha L_val(w', alpha) - xi * grad^2_{alpha,w} L_train(w, alpha)
     grad_w' L_val(w', alpha), w' = virtual_step(...) on the training batch (x, y), L_val on the architecture batch
-    (xa, ya). PAPER: Eq. (7)-(8). Returns (one gradient per alpha group, loss and accuracy of L_val at w')."""
+    (xa, ya). Returns (one gradient per alpha group, loss and accuracy of L_val at w')."""
+    # PAPER: Eq. (7)-(8)
     alpha_list = list(alphas.values())
     leaves = {n: t.requires_grad_(True) for n, t in virtual_step(model, alphas, opt, x, y, xi).items()}
     # the virtual network's BatchNorm running statistics are thrown away, as with the official code's model copy
@@ -206,6 +210,9 @@ def main(argv=None) -> dict:
         seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
         rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    # DEVIATION: under torchrun every rank's BatchNorm normalises with the statistics of its own shard (batch / ranks
+    # images), not of the global batch, and the running statistics are rank 0's (DDP broadcasts buffers) — plain DDP,
+    # as data-parallel NAS code runs; SyncBatchNorm would add an all-reduce per BatchNorm layer. One process: unchanged.
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)

@@ -4,13 +4,12 @@ Paper: https://arxiv.org/abs/2004.07802 (Sec. 3.3, App. C.3) -- official code: h
 
 What this file implements: first-order DARTS (diff it with algos/darts.py) with architecture weights theta on a
 product of simplices (uniform start), used directly as mixture weights (no softmax) and updated by exponentiated
-gradient: theta <- theta * exp(-eta * grad) renormalised per edge (PAPER: Eq. 8), eta = 0.1, no Adam, no weight decay.
+gradient: theta <- theta * exp(-eta * grad) renormalised per edge (Eq. 8 of the paper), eta = 0.1, no Adam, no weight decay.
 ERM by default (both steps on the whole training set; `--bilevel`: theta on the held-out half). NB201 without `none`.
 
 Reproduce the paper's NB201 search (ERM, CIFAR-10, 25 epochs), with the benchmark accuracy of the cell each epoch:
     python algos/gaea_darts_erm.py --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 The "GAEA DARTS (bilevel)" row: add --bilevel --split-file ../shared/data/nb201/splits/cifar-split.txt.gz
-(DEVIATION: the last epoch's genotype is returned; the release's bilevel run returns the best-validation epoch's.)
 Offline quick start on the real CIFAR-10 subset:
     python algos/gaea_darts_erm.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -43,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=data.positive_int, default=25, help="search epochs")
     p.add_argument("--batch-size", type=data.positive_int, default=64, help="global batch of both steps (split over torchrun's processes)")
-    # DEVIATION: the release's NB201 config has C=24 and a 50-epoch cosine period (lr ends at ~0.0138); here C=16, 25.
+    # DEVIATION: the release's NB201 config has C=24 and a 50-epoch cosine period (lr ends at ~0.0138); here C=16 and
+    # a 25-epoch period — NB201's own width (its baselines search at C=16), and a cosine that ends at --lr-min.
     p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
@@ -74,10 +74,11 @@ def mixture_weights(alphas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def eg_update(theta: torch.Tensor, grad: torch.Tensor, lr: float, floor: float = 1e-5) -> torch.Tensor:
-    """theta * exp(-lr * grad) per row, normalised, then the release's clamp at `floor` and renormalisation. PAPER: Eq. (8)
-    DEVIATION: in the log domain (the release's product overflows float32 once lr * |grad| > ~88). Exact where no entry
-    hits the floor: softmax(log theta - lr grad) = theta e^(-lr grad) / sum. Not where it does: the release clamps the
-    unnormalised product at 1e-5, then divides; we clamp the normalised row (and theta before the log)."""
+    """theta * exp(-lr * grad) per row, normalised, then the release's clamp at `floor` and renormalisation."""
+    # PAPER: Eq. (8)
+    # DEVIATION: in the log domain — the release's product overflows float32 once lr * |grad| > ~88. Exact where no
+    # entry hits the floor: softmax(log theta - lr grad) = theta e^(-lr grad) / sum. Not where it does: the release
+    # clamps the unnormalised product at 1e-5, then divides; here the normalised row is clamped (and theta before the log).
     theta = F.softmax(theta.clamp_min(floor).log() - lr * grad, dim=-1).clamp_min(floor)
     return theta / theta.sum(-1, keepdim=True)
 
@@ -95,7 +96,8 @@ class ExponentiatedGradient(torch.optim.Optimizer):
 
 
 def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
-    """One EG step on theta with the architecture batch, at the current weights (first order). PAPER: Eq. (8)"""
+    """One EG step on theta with the architecture batch, at the current weights (first order)."""
+    # PAPER: Eq. (8), the exponentiated-gradient step, in arch_opt.step()
     arch_opt.zero_grad(set_to_none=True)
     logits = model(x, mixture_weights(alphas))
     loss = F.cross_entropy(logits, y)
@@ -129,13 +131,17 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
-    # ALGO LOGIC: NB201 without `none`, as in the paper (the DARTS space keeps it, as GAEA PC-DARTS does)
+    # ALGO LOGIC: NB201 without `none`, as GAEA's release runs it (README: search.exclude_zero=true); the DARTS space
+    # keeps `none`, as GAEA PC-DARTS does
     space = spaces.get_space(args.space, ops=[o for o in spaces.NB201_OPS if o != "none"] if args.space == "nb201" else None)
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=args.bilevel,
         seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
         rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    # DEVIATION: under torchrun every rank's BatchNorm normalises with the statistics of its own shard (batch / ranks
+    # images), not of the global batch, and the running statistics are rank 0's (DDP broadcasts buffers) — plain DDP,
+    # as data-parallel NAS code runs; SyncBatchNorm would add an all-reduce per BatchNorm layer. One process: unchanged.
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -171,6 +177,8 @@ def main(argv=None) -> dict:
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(alphas))
+    # DEVIATION: the last epoch's genotype is returned; the release's bilevel run returns the best-validation epoch's
+    # (its ERM run, the default here, the last one's) — one rule for both modes; metrics.jsonl has every epoch's genotype.
     genotype = derive_genotype(space, alphas)
     gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell
         model, test_loader, test_augment, device, w), device)

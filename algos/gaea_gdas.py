@@ -16,14 +16,11 @@ linearly from 10 to 0.1 over the epochs. Two ways to hold and update the distrib
   softmax-adam GDAS: p = softmax(theta), theta logits (init 1e-3 * N(0, 1)) trained by Adam 3e-4, wd 1e-3.
 Per step: weight step (SGD on a training batch) first, then the architecture step (GDAS' order). The genotype
 takes the argmax op per edge (NB201), or the DARTS top-2 rule on p (DARTS space).
-NAS-Bench-1Shot1 (ALGO LOGIC, our form of GDAS there): one Gumbel-max op per choice node (as an edge above), and the
+NAS-Bench-1Shot1 (our form of GDAS there): one Gumbel-max op per choice node (as an edge above), and the
 inputs of each node with a choice (and of the output) by Gumbel-top-k: the k largest log p + g, k = the parents the
 space allows (a sample of k inputs without replacement), as a k-hot row whose gradient is that of
 softmax((log p + g)/tau) (straight-through). Every forward thus runs a valid 1Shot1 child; the result is an NB101
 spec. 1Shot1 settings (its GDAS run): 100 epochs, tau 10 -> 1, batch 96, no warm-up.
-# DEVIATION: 1Shot1's GDAS mixes inputs with soft Gumbel-softmax weights ("hard gave exploding gradients" there), so
-# its forwards are not single children; here inputs are sampled like the ops. Its tau drops by 9/epochs per epoch
-# (ending at 1 + 9/epochs); here tau reaches tau_min at the last epoch.
 
 Reproduce GAEA GDAS on NAS-Bench-201 (CIFAR-10, 150 epochs), with the benchmark accuracy of the cell per epoch:
     python algos/gaea_gdas.py --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
@@ -58,6 +55,8 @@ ARCH_UPDATES = ("eg", "softmax-adam")
 # per update rule: flag -> default; a flag of the other rule is an error, never silently ignored
 ARCH_DEFAULTS = {"eg": {"arch_lr": 0.1, "kl_coef": 0.01},
                  "softmax-adam": {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999), "arch_wd": 1e-3}}
+# DEVIATION: eg pairs eta = 0.1 (the GAEA paper's, App. C.3) with the release's KL coefficient 0.01, which its egdas
+# config pairs with eta = 0.01 (`--arch-lr 0.01` runs that pairing) — a combination neither ran; the paper names no KL.
 EG_FLOOR = 1e-5  # GAEA's clamp of simplex entries
 
 
@@ -95,7 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: {gaea_gdas|gdas}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     # DEVIATION: weights as GAEA's NB201 config (plain momentum, wd 3e-4, lr cosine per epoch) for both rules, where
-    # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 as NB201's GDAS (GAEA's egdas config: 24).
+    # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 as NB201's GDAS (GAEA's egdas config: 24)
+    # — the two rules then train the weights alike and differ only in the architecture update.
     args = p.parse_args(argv)
     oneshot = args.space.startswith("nb1shot1")
     for k, v in (("epochs", 100 if oneshot else 150), ("batch_size", 96 if oneshot else 64), ("tau_min", 1.0 if oneshot else 0.1),
@@ -143,9 +143,12 @@ def top_k_mask(z: torch.Tensor, k: int = 1) -> torch.Tensor:
 
 
 def straight_through(logp: torch.Tensor, noise: torch.Tensor, tau: float, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gumbel-max sample with the straight-through estimator. PAPER: GDAS' Gumbel-max sample, hard one-hot forward,
-    softmax((log p + g)/tau) backward. Returns (hardwts: one-hot in value, softmax gradient; index per row).
-    ALGO LOGIC: k > 1 (1Shot1 inputs): Gumbel-top-k, a k-hot row with the same softmax gradient."""
+    """Gumbel-max sample with the straight-through estimator. Returns (hardwts: one-hot in value, softmax gradient;
+    index per row); k > 1 (1Shot1 inputs): Gumbel-top-k, a k-hot row with the same softmax gradient."""
+    # PAPER: GDAS' Gumbel-max sample: hard one-hot forward, softmax((log p + g)/tau) backward
+    # ALGO LOGIC: k > 1 samples k inputs without replacement (1Shot1)
+    # DEVIATION: 1Shot1's GDAS mixes a node's inputs with soft Gumbel-softmax weights ("hard gave exploding gradients"
+    # there), so its forwards are not single children; here inputs are sampled like the ops — a valid 1Shot1 child.
     probs = F.softmax((logp + noise) / tau, dim=-1)
     return top_k_mask(logp + noise, k) - probs.detach() + probs, probs.argmax(dim=-1)
 
@@ -168,8 +171,9 @@ def sample_arch(arch, arch_update: str, tau: float, generator: torch.Generator, 
 def sample_child(arch, arch_update: str, generator: torch.Generator, parents=None) -> dict[str, list[int]]:
     """The weight step's sample: index = argmax(log p + g) per edge (tau does not change the argmax). Plain op
     indices, so each edge computes exactly op_k(x): the weight step costs what the child network costs.
-    1Shot1 input groups: the k-hot row of the k largest log p + g.
-    # DEVIATION: AutoDL multiplies the op by hardwts[k] = 1 - p + p (1 up to rounding); we drop that factor."""
+    1Shot1 input groups: the k-hot row of the k largest log p + g."""
+    # DEVIATION: AutoDL multiplies the op by hardwts[k] = 1 - p + p (1 up to rounding); here the factor is dropped — the
+    # weight step needs no gradient of the distribution, and plain indices run the child network alone.
     child, parents = {}, parents or {}
     with torch.no_grad():
         for g, lp in log_probs(arch, arch_update).items():
@@ -200,11 +204,8 @@ class GDASEdge(spaces.MixedEdge):
 
 
 class ExponentiatedGradient(torch.optim.Optimizer):
-    """GAEA's mirror-descent step on rows that live on the simplex. PAPER: GAEA's exponentiated-gradient
-    (mirror-descent) update alpha <- alpha * exp(-eta * grad), then each row back onto the simplex; eta = 0.1 is the
-    paper's value (App. C.3).
-    # DEVIATION: the release's egdas config pairs its KL coefficient 0.01 with eta = 0.01 (`--arch-lr 0.01` runs that
-    # pairing); eta = 0.1 with the release's coefficient (the paper names none) is a combination neither ran."""
+    """GAEA's mirror-descent step on rows that live on the simplex: alpha <- alpha * exp(-eta * grad), then each row
+    back onto the simplex; eta = 0.1 is the GAEA paper's value (App. C.3)."""
 
     def __init__(self, params, lr: float):
         super().__init__(params, {"lr": lr})
@@ -215,7 +216,7 @@ class ExponentiatedGradient(torch.optim.Optimizer):
             for a in group["params"]:
                 if a.grad is None:  # a group no cell used (e.g. no normal cell in a tiny DARTS net)
                     continue
-                a.mul_(torch.exp(-group["lr"] * a.grad))
+                a.mul_(torch.exp(-group["lr"] * a.grad))  # PAPER: GAEA's exponentiated-gradient update
                 # ALGO LOGIC: egdas order -- divide by the row sum, then clamp at 1e-5 (rows may sum to 1 + O(1e-5))
                 a.div_(a.sum(dim=-1, keepdim=True)).clamp_(min=EG_FLOOR)
 
@@ -226,8 +227,9 @@ def kl_to_uniform(arch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def tau_at(epoch: int, epochs: int, warmup: int, tau_max: float, tau_min: float) -> float:
-    """Linear temperature for 0-based `epoch`: tau_max through the warm-up, tau_min at the last epoch.
-    # DEVIATION: GAEA's egdas divides by (epochs - 1) ignoring the warm-up, so tau never reaches tau_min."""
+    """Linear temperature for 0-based `epoch`: tau_max through the warm-up, tau_min at the last epoch."""
+    # DEVIATION: GAEA's egdas divides by (epochs - 1) ignoring the warm-up, so tau never reaches tau_min; 1Shot1's GDAS
+    # drops tau by 9/epochs per epoch (ending at 1 + 9/epochs) — here every schedule ends at --tau-min, as GDAS' own.
     return tau_max - (tau_max - tau_min) * max(epoch - warmup, 0) / max(epochs - 1 - warmup, 1)
 
 
@@ -257,9 +259,9 @@ def arch_step(model, arch, arch_update, arch_opt, x, y, tau, generator, kl_coef=
 
 def derive_genotype(space, arch, arch_update):
     """NB201: argmax op per edge (`none` can win, as in GDAS); DARTS: top-2 incoming edges per node by their best
-    non-`none` probability, each with that op; 1Shot1: argmax op per node, top-k inputs (spaces.*Space.derive).
+    non-`none` probability, each with that op; 1Shot1: argmax op per node, top-k inputs (spaces.*Space.derive)."""
     # DEVIATION: AutoDL's DARTS-space GDAS genotype ranks all (edge, non-`none` op) pairs of a node and keeps the top
-    # 2, so both can come from one edge; we keep the DARTS rule (two distinct edges), as GAEA's spaces do."""
+    # 2, so both can come from one edge; here the DARTS rule (two distinct edges), as GAEA's spaces — a DARTS genotype.
     return space.derive(distribution(arch, arch_update))
 
 
@@ -271,6 +273,7 @@ def main(argv=None) -> dict:
     device = data.resolve_device(args.device)
     # everything that can fail on bad input happens before the run directory exists
     space = spaces.get_space(args.space)
+    # EXTENSION: GAEA GDAS (--arch-update eg) on the darts and nb1shot1 spaces, which no paper ran (its config is NB201's)
     parents = space.parents() if isinstance(space, spaces.NB1Shot1Space) else None  # 1Shot1: inputs kept per group
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
@@ -301,7 +304,7 @@ def main(argv=None) -> dict:
         for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             # ALGO LOGIC: weight step on a sampled child first, then the architecture step (GDAS' order)
-            # DEVIATION: GAEA's release runs the architecture step first
+            # DEVIATION: GAEA's release runs the architecture step first — one order for both rules, GDAS' (AutoDL's)
             train_loss, train_acc = weight_step(model, sample_child(arch, args.arch_update, gumbel_gen, parents), opt, x, y, args.grad_clip)
             sums["train_loss"], sums["train_acc"] = sums["train_loss"] + train_loss, sums["train_acc"] + train_acc
             if search:
@@ -320,7 +323,7 @@ def main(argv=None) -> dict:
     # ALGO LOGIC: the supernet's test accuracy runs the most likely child (GAEA's per-epoch evaluation)
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, argmax_child(arch, args.arch_update, parents))
     # DEVIATION: the last epoch's cell is returned; the release returns the cell of the epoch with the best validation
-    # accuracy of the argmax child (metrics.jsonl holds every epoch's genotype).
+    # accuracy of the argmax child — no validation pass per epoch; metrics.jsonl holds every epoch's genotype.
     genotype = derive_genotype(space, arch, args.arch_update)
     result = {"algorithm": algorithm, "search_space": args.space, "genotype": genotype.to_json(),
               "genotype_str": str(genotype), "supernet_test_acc": test_acc, "supernet_test_loss": test_loss,

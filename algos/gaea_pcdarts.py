@@ -17,8 +17,7 @@ NAS-Bench-1Shot1 has no separate edge weights: its per-node input weights are th
 1Shot1 settings (GAEA App. C.2 runs GAEA PC-DARTS there against 1Shot1's PC-DARTS): the values of GAEA's 1Shot1
 fork (liamcli/nasbench-1shot1, optimizers/epc_edarts/train_search.py) and of 1Shot1's pc_darts: 100 epochs, batch
 96, SGD 0.025 cosine to 0.001, 9 cells (3 per stack), warm-up 10 (eg; the fork's default) / 0 (softmax-adam, 1Shot1),
-Adam 3e-4 for the PC-DARTS baseline. DEVIATION: the fork takes the EG learning rates from the command line (its
-cluster script); the value used for App. C.2 is not in the repository, so eg keeps 0.1 (GAEA PC-DARTS on DARTS).
+Adam 3e-4 for the PC-DARTS baseline; eg keeps the DARTS-space EG rate 0.1 (see the note at the --arch-lr default).
 
 Reproduce GAEA PC-DARTS (DARTS space, CIFAR-10, bilevel, 50 epochs, batch 256):
     python algos/gaea_pcdarts.py
@@ -36,10 +35,6 @@ Search directly on ImageNet (PC-DARTS' protocol, GAEA's 24.0% top-1 setting; DIR
   RandomResizedCrop 224 + flip, the stride-2 stems of PC-DARTS' model_search_imagenet.py, 8 cells, C=16, K=2, global
   batch 1024, SGD lr 0.5 (5 warm-up epochs, then cosine), wd 3e-4, 50 epochs, architecture steps after epoch 35
   (PC-DARTS Adam 6e-3, GAEA EG 0.1). Retrain: torchrun ... train_eval.py --genotype runs/<run>/genotype.json --dataset imagenet
-  DEVIATION: the official ImageNet search also clips the architecture gradient at norm 5 (its CIFAR search does not).
-  DEVIATION: the official 10% / 2.5% subsets were drawn once, offline, by an unreleased script; here a seeded draw.
-  DEVIATION: supernet_test_acc is taken on the architecture subset with Resize + CenterCrop (official: with the
-  training augmentation, in the last 3 epochs).
 Under torchrun the processes run ONE search (weights in DDP, architecture gradients averaged over the ranks, rank 0
 writes); --batch-size is the global batch.
 Offline quick start on the real CIFAR-10 subset:
@@ -70,6 +65,13 @@ EG_CLAMP = 1e-5  # GAEA: op weights are clamped at this value before each row is
 CIFAR = dict(partial_k=4, epochs=50, batch_size=256, lr=0.1, lr_min=0.0, lr_warmup_epochs=0, workers=None)
 ONESHOT = dict(CIFAR, epochs=100, batch_size=96, lr=0.025, lr_min=0.001)  # GAEA's 1Shot1 fork, 1Shot1's PC-DARTS
 IMAGENET = dict(CIFAR, partial_k=2, batch_size=1024, lr=0.5, lr_warmup_epochs=5, workers=8)
+# DEVIATION: imagenet's lr warm-up (lr x (e+1)/5 in epochs e < 5) runs at every --batch-size; train_search_imagenet.py
+# warms up only for batch > 256 — a default that does not depend on another flag (--lr-warmup-epochs 0: official at <= 256).
+# DEVIATION: the cosine is the closed form over all epochs, warm-up included: epoch e >= W (0-based) trains at lr_min +
+# (lr - lr_min)(1 + cos(pi e / E)) / 2 (0.4878 at e = 5, lr 0.5; 4.9e-4 in the last epoch). train_search_imagenet.py steps
+# its scheduler at the start of each epoch, so on PyTorch >= 1.1 its epoch e is at the value for e + 1, from the lr its
+# warm-up left (0.4946 at e = 5; 0 last): here the cosine phase is one epoch earlier — the CIFAR searches' schedule, and
+# the official script's own on the PyTorch <= 1.0 it was written for.
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,13 +129,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     min_part = 2 if args.space == "darts" else 1
     if args.partial_k < 1 or args.C % args.partial_k or args.C // args.partial_k < min_part:
         p.error(f"--C {args.C} must be a multiple of --partial-k {args.partial_k} with C/K >= {min_part} on {args.space}")
-    # ALGO LOGIC: ImageNet: PC-DARTS Adam 6e-3 (train_search_imagenet.py); GAEA keeps EG 0.1 (GAEA App. C, per the issue)
+    # ALGO LOGIC: ImageNet: PC-DARTS Adam 6e-3 (train_search_imagenet.py); GAEA keeps EG 0.1 (GAEA App. C)
+    # DEVIATION: on nb1shot1 eg keeps 0.1 too: GAEA's 1Shot1 fork takes the EG rates from the command line (its cluster
+    # script) and the value used for App. C.2 is not in the repository — 0.1 is GAEA PC-DARTS' DARTS-space value.
     args.arch_lr = args.arch_lr if args.arch_lr is not None else (0.1 if eg else 6e-3 if imagenet else 3e-4 if oneshot else 6e-4)
     args.edge_lr = args.edge_lr if args.edge_lr is not None else (0.1 if eg else None)
     args.arch_betas = tuple(args.arch_betas) if args.arch_betas is not None else (None if eg else (0.5, 0.999))
     args.arch_wd = args.arch_wd if args.arch_wd is not None else (None if eg else 1e-3)
     # DEVIATION: 10 warm-up epochs for GAEA, as GAEA's App. C.1.1 states (and the 1Shot1 fork's default); its DARTS-space
-    # release (cnn/, eedarts) has none. PC-DARTS: 15 (its code); 1Shot1's PC-DARTS: 0; ImageNet: 35 (PC-DARTS' protocol).
+    # release (cnn/, eedarts) has none — the paper's setting. PC-DARTS: 15 (its code); 1Shot1's: 0; ImageNet: 35 (PC-DARTS').
     args.warmup_epochs = args.warmup_epochs if args.warmup_epochs is not None else (35 if imagenet else 10 if eg else 0 if oneshot else 15)
     if not 0 <= args.warmup_epochs < args.epochs:
         p.error(f"--warmup-epochs {args.warmup_epochs} must be in [0, --epochs {args.epochs}): otherwise no architecture step runs")
@@ -158,7 +162,7 @@ class PartialChannelEdge(nn.Module):
             raise spaces.SpaceError(f"partial channels: {C} channels are not divisible by K={k}")
         self.k, self.part = k, C // k
         self.mixed = spaces.MixedEdge(self.part, stride, op_names, pool_bn)
-        # DEVIATION: ceil_mode so odd map sizes match the strided ops (PC-DARTS: floor; identical on even sizes).
+        # DEVIATION: ceil_mode (PC-DARTS: floor; identical on even sizes) — so odd map sizes match the strided ops.
         self.bypass = nn.MaxPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
 
     def forward(self, x: torch.Tensor, spec):
@@ -203,11 +207,11 @@ def init_arch(space, mode: str, device) -> tuple[dict, dict]:
 
 def mixture_weights(alphas: dict, edges: dict, layout: dict, mode: str) -> tuple[dict, dict]:
     """(op weights, edge weights). eg: the parameters as they are; softmax-adam: softmax over each edge's ops
-    (PAPER: DARTS Eq. (2)) and over each node's incoming edges (PAPER: PC-DARTS Sec. 3.3, edge normalisation)."""
+    and over each node's incoming edges."""
     if mode == "eg":
         return dict(alphas), dict(edges)
-    return ({g: F.softmax(a, dim=-1) for g, a in alphas.items()},
-            {g: per_node(b, layout[g], functools.partial(F.softmax, dim=0)) for g, b in edges.items()})
+    return ({g: F.softmax(a, dim=-1) for g, a in alphas.items()},  # PAPER: DARTS Eq. (2)
+            {g: per_node(b, layout[g], functools.partial(F.softmax, dim=0)) for g, b in edges.items()})  # PAPER: PC-DARTS Sec. 3.3
 
 
 def fixed_weights(alphas: dict, edges: dict, layout: dict, mode: str) -> tuple[dict, dict]:
@@ -237,7 +241,7 @@ class ExponentiatedGradient(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                p.mul_(torch.exp(-group["lr"] * p.grad))  # ALGO LOGIC: PAPER: GAEA, EG (multiplicative) update
+                p.mul_(torch.exp(-group["lr"] * p.grad))  # PAPER: GAEA's EG (multiplicative) update
                 if group["slices"] is None:
                     p.clamp_(min=EG_CLAMP)
                     p.div_(p.sum(dim=-1, keepdim=True))
@@ -268,6 +272,8 @@ def arch_step(model, space, alphas, edges, layout, mode, arch_opt, x, y) -> tupl
     logits = forward(model, space, x, *mixture_weights(alphas, edges, layout, mode))
     loss = F.cross_entropy(logits, y)
     loss.backward()
+    # DEVIATION: no clip of the architecture gradient on any dataset; PC-DARTS' train_search_imagenet.py clips it at
+    # norm 5 (its CIFAR search and GAEA do not) — one architecture update for every dataset.
     arch_opt.step()
     return loss.item(), (logits.argmax(1) == y).float().mean().item()
 
@@ -285,11 +291,11 @@ def weight_step(model, space, alphas, edges, layout, mode, opt, x, y, grad_clip)
 
 
 def combined_weights(space, alphas, edges, layout, mode) -> dict:
-    """ALGO LOGIC: W[e, k] = op weight x edge weight (PC-DARTS / GAEA genotype); 1Shot1: op and input weights."""
+    """W[e, k] = op weight x edge weight (PC-DARTS / GAEA genotype); 1Shot1: op and input weights."""
     op_w, edge_w = fixed_weights(alphas, edges, layout, mode)
     if isinstance(space, spaces.NB1Shot1Space):
         return {**op_w, **edge_w}
-    return {g: w * edge_w[g].unsqueeze(-1) for g, w in op_w.items()}
+    return {g: w * edge_w[g].unsqueeze(-1) for g, w in op_w.items()}  # ALGO LOGIC: op weight x edge weight
 
 
 def derive_genotype(space, alphas, edges, layout, mode):
@@ -306,6 +312,7 @@ def main(argv=None) -> dict:
     space = spaces.get_space(args.space)
     batch, imagenet = data.per_rank_batch(args.batch_size, world), args.dataset == "imagenet"
     if imagenet:  # PC-DARTS: 10% of every class for the weights, 2.5% for the architecture, loader workers
+        # DEVIATION: a seeded per-class draw (or --subset-files) — PC-DARTS' lists, drawn offline by an unreleased script, are not public
         paired, test_loader, info = data.imagenet_search_loaders(
             args.data_dir, batch, args.seed, args.workers, rank, world, subset_files=args.subset_files,
             pin_memory=device.type == "cuda")
@@ -314,8 +321,12 @@ def main(argv=None) -> dict:
             args.dataset, args.data_dir, batch, bilevel=not args.single_level, seed=args.seed, rank=rank, world=world,
             train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    # EXTENSION: the PC-DARTS baseline (softmax-adam) on nb201, which neither the PC-DARTS nor the NB201 paper ran
     edge = functools.partial(PartialChannelEdge, k=args.partial_k)
     stem = {"stem": "imagenet"} if imagenet else {}  # PC-DARTS ImageNet: three stride-2 convolutions, 224 -> 28 px
+    # DEVIATION: under torchrun every rank's BatchNorm uses the statistics of its own shard (batch / ranks images), not
+    # of the global batch, and rank 0's running statistics (DDP broadcasts buffers) — plain DDP, per-GPU statistics as
+    # in PC-DARTS' nn.DataParallel ImageNet search; SyncBatchNorm would add an all-reduce per BatchNorm layer.
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=edge, **stem).to(device), device)
     mode, layout = args.arch_update, edge_layout(space)
     alphas, edges = init_arch(space, mode, device)
@@ -353,9 +364,11 @@ def main(argv=None) -> dict:
 
     op_w, edge_w = fixed_weights(alphas, edges, layout, mode)
     arch = ({**op_w, **edge_w},) if isinstance(space, spaces.NB1Shot1Space) else (op_w, edge_w)  # as forward()
+    # DEVIATION: imagenet: supernet_test_acc once, at the end, on the architecture subset with Resize + CenterCrop; the
+    # official script validates in its last 3 epochs with the training augmentation — a score without random crops.
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, *arch)
-    # DEVIATION: the final genotype is reported (as darts.py); GAEA's bilevel runs pick the best-validation epoch's,
-    # which metrics.jsonl allows (one genotype per epoch).
+    # DEVIATION: the last epoch's genotype is reported; GAEA's bilevel runs pick the best-validation epoch's — no
+    # validation pass per epoch (PC-DARTS' own validates in its last epoch only); metrics.jsonl has every epoch's.
     genotype = derive_genotype(space, alphas, edges, layout, mode)
     gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell, same weights
         model, test_loader, test_augment, device, w, {g: v.sum(-1) for g, v in w.items()}), device)

@@ -16,7 +16,7 @@ What this file implements (Algorithm 2 of the paper, first order, no second-orde
 Search spaces: `--ops 12` is the paper's larger space (normal cells: identity + 7 convolutions, reduction cells:
 identity + 4 poolings, no `none`); `--ops 7` is the DARTS space without `none`. `--space nb201` runs NASP on
 NAS-Bench-201's cell without `none` (like NASP's spaces): there every edge exists, so prox onto C1 is the plain
-one-op-per-edge projection of the paper. `--space nb1shot1-{1,2,3}` (ALGO LOGIC, our form of NASP there): A holds
+one-op-per-edge projection of the paper. `--space nb1shot1-{1,2,3}` (our form of NASP there): A holds
 the op rows of the choice nodes and the input rows `in{b}` / `out`; A_bar keeps the argmax op of every node and the
 k largest inputs of each input row, k = the parents the space allows, so A_bar is always a valid 1Shot1 cell (the
 weight step trains exactly that child) and the result is an NB101 spec. 1Shot1 settings: its common one-shot
@@ -25,7 +25,7 @@ training (batch 96; the rest as NASP's, which 1Shot1 shares); 50 epochs (NASP's;
 Reproduce the paper's search (DARTS-style network, CIFAR-10, 50 epochs), 7 and 12 ops:
     python algos/nasp.py --ops 7
     python algos/nasp.py --ops 12
-With the model-size regulariser (PAPER: Eq. 8):
+With the model-size regulariser (Eq. 8 of the paper):
     python algos/nasp.py --ops 12 --reg 0.1
 Offline quick start on the real CIFAR-10 subset:
     python algos/nasp.py --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 5
@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch-wd", type=data.nonneg_float, default=1e-3, help="Adam weight decay (coupled L2) of A")
     p.add_argument("--abar-value", default="one", choices=("one", "paper"),
                    help="value of a kept entry of A_bar: one (official code) or A's own value (the paper's prox onto C1)")
-    p.add_argument("--reg", type=data.nonneg_float, default=0.0, help="eta of the model-size regulariser R(A) (PAPER: Eq. 8); 0 = off")
+    p.add_argument("--reg", type=data.nonneg_float, default=0.0, help="eta of the model-size regulariser R(A) (Eq. 8 of the paper); 0 = off")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
@@ -101,9 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def nasp_space(n_ops: int | None, name: str = "darts"):
     """The DARTS cell space with NASP's op sets: 7 = DARTS without `none` (both cell types), 12 = identity +
     convolutions in normal cells, identity + poolings in reduction cells. nb201: its ops without `none`."""
-    if name == "nb201":
+    if name == "nb201":  # EXTENSION: NASP on NAS-Bench-201, which no paper ran
         return spaces.get_space("nb201", ops=[o for o in spaces.NB201_OPS if o != "none"])
-    if name.startswith("nb1shot1"):  # maxpool / conv3x3 / conv1x1: no `none` either
+    if name.startswith("nb1shot1"):  # EXTENSION: NASP on NAS-Bench-1Shot1 (no `none` there either), which no paper ran
         return spaces.get_space(name)
     if n_ops == 7:
         return spaces.get_space("darts", ops=[o for o in spaces.DARTS_OPS if o != "none"])
@@ -118,18 +118,19 @@ def init_arch(space, device) -> dict[str, nn.Parameter]:
     return {g: nn.Parameter(torch.full(shape, 0.5, device=device)) for g, shape in space.arch_shapes().items()}
 
 
-# ALGO LOGIC: prox onto C2 = the box [0, 1], i.e. a clamp. PAPER: Algorithm 2, line "A = prox_C2(...)"
+# ALGO LOGIC: prox onto C2 = the box [0, 1], i.e. a clamp. PAPER: Alg. 2, line "A = prox_C2(...)"
 @torch.no_grad()
 def prox_c2_(A: dict[str, torch.Tensor]) -> None:
     for a in A.values():
         a.clamp_(0.0, 1.0)
 
 
-# ALGO LOGIC: prox onto C1 keeps one op per edge: its argmax (ties: first op). PAPER: Algorithm 2, "A_bar = prox_C1(A)"
+# ALGO LOGIC: prox onto C1 keeps one op per edge: its argmax (ties: first op). PAPER: Alg. 2, "A_bar = prox_C1(A)"
 # DEVIATION: the kept entry is set to 1, as the official code's binarization() does; the paper's projection onto C1
-# keeps the entry's value A[e, k] (`--abar-value paper`, values=True; floored at 1e-12 so a kept edge stays kept).
+# keeps the entry's value A[e, k] (`--abar-value paper`, values=True; floored at 1e-12 so a kept edge stays kept) —
+# the official code is what produced NASP's published cells.
 # DEVIATION: as in the official code (not in the paper's C1), only the top-2 incoming edges per node (ranked by the
-# kept raw A value, ties: lower edge) stay; the other rows are all 0, so A_bar is exactly a DARTS cell.
+# kept raw A value, ties: lower edge) stay; the other rows are all 0 — so A_bar is exactly a DARTS cell.
 # On nb201 (keep=None) every edge stays: one op per edge, the paper's C1.
 @torch.no_grad()
 def prox_c1(a: torch.Tensor, node_slices, keep: int | None = 2, values: bool = False) -> torch.Tensor:
@@ -208,9 +209,9 @@ def op_param_counts(op_names, C: int = PARAM_COUNT_C) -> list[int]:
 
 
 def size_weights(space, device) -> dict[str, torch.Tensor]:
-    """p_k / p_bar per regularised group, p_bar = sum_j p_j (a sum, as in the official code, not a mean).
-    ALGO LOGIC: only normal cells are regularised, as in the official code (its 12-op reduction cells have only
-    parameter-free ops). The official code has no 7-op setting; at 7 ops we keep the same rule (normal only)."""
+    """p_k / p_bar per regularised group, p_bar = sum_j p_j (a sum, as in the official code, not a mean)."""
+    # ALGO LOGIC: only normal cells are regularised, as in the official code (its 12-op reduction cells have only
+    # parameter-free ops). The official code has no 7-op setting; at 7 ops the same rule holds (normal only).
     g = "ops" if isinstance(space, spaces.NB1Shot1Space) else "normal"  # 1Shot1: its one op group
     p = torch.tensor(op_param_counts(space.ops[g]), dtype=torch.float32, device=device)
     return {g: p / p.sum()} if p.sum() > 0 else {}
@@ -234,8 +235,8 @@ def mean_entropy(A: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def arch_step(model, A, arch_opt, x, y, node_slices, rel_size, reg, keep=2, values=False) -> tuple[float, float]:
-    """A_bar = prox_C1(A); gradient of L(w, A_bar) + R(A_bar) with respect to A_bar; Adam step on A with it.
-    PAPER: Algorithm 2 (first order: no term through w), Eq. (8) for R."""
+    """A_bar = prox_C1(A); gradient of L(w, A_bar) + R(A_bar) with respect to A_bar; Adam step on A with it."""
+    # PAPER: Alg. 2 (first order: no term through w), Eq. (8) for R
     # ALGO LOGIC: A_bar needs grad: every op on every edge is computed (dL/dA_bar needs all op outputs); with
     # NaspEdge the graph (and the backward pass) runs only through the selected op of each kept edge
     abar = {g: a.requires_grad_(True) for g, a in discretize(A, node_slices, keep, values).items()}
@@ -251,10 +252,10 @@ def arch_step(model, A, arch_opt, x, y, node_slices, rel_size, reg, keep=2, valu
 
 
 def weight_step(model, abar, opt, x, y, grad_clip) -> tuple[float, float]:
-    """One SGD step on the weights of the discrete child A_bar only (cross-entropy, no regulariser).
-    DEVIATION: gradients are reset to None, so ops outside A_bar get no weight decay / momentum in this step. In the
-    official code every weight holds a (zeroed) gradient tensor (its arch step backpropagates into all weights), so
-    there unselected ops keep decaying; here the step touches exactly the child, as the paper's update reads."""
+    """One SGD step on the weights of the discrete child A_bar only (cross-entropy, no regulariser)."""
+    # DEVIATION: gradients are reset to None, so ops outside A_bar get no weight decay / momentum in this step. In the
+    # official code every weight holds a (zeroed) gradient tensor (its arch step backpropagates into all weights), so
+    # there unselected ops keep decaying — here the step touches exactly the child, as the paper's update reads.
     opt.zero_grad(set_to_none=True)
     logits = model(x, child_specs(abar))  # ALGO LOGIC: only the selected op on each kept edge is computed
     loss = F.cross_entropy(logits, y)
@@ -266,9 +267,9 @@ def weight_step(model, abar, opt, x, y, grad_clip) -> tuple[float, float]:
 
 def derive_genotype(space, A):
     """The returned architecture is A_bar = prox_C1(A): per node its 2 kept edges (1Shot1: its allowed parents),
-    each with its one op (the same cell for either --abar-value).
-    DEVIATION: the official code's genotype ranks edges by softmax(A) instead, which can differ from the last A_bar;
-    the paper (and the issue) return A_bar."""
+    each with its one op (the same cell for either --abar-value)."""
+    # DEVIATION: the official code's genotype ranks edges by softmax(A) instead, which can differ from the last A_bar —
+    # the paper's Alg. 2 returns A_bar, the discrete architecture the weights were trained for.
     return space.derive(discretize(A, getattr(space, "node_slices", None), edges_kept(space)))
 
 
@@ -304,8 +305,8 @@ def main(argv=None) -> dict:
         for (x, y), (xa, ya) in run.steps(paired, epoch, sums):
             x, y = augment(x.to(device)), y.to(device)
             xa, ya = augment(xa.to(device)), ya.to(device)
-            # DEVIATION: the official code takes each architecture batch from a fresh iterator (a random batch);
-            # PairedBatches walks the shuffled architecture split, as in darts.py.
+            # DEVIATION: the official code takes each architecture batch from a fresh iterator (a random batch); here
+            # data.PairedBatches walks a shuffled pass over the architecture split — each image once per epoch, resumable.
             # ALGO LOGIC: Algorithm 2 order: arch step at A_bar -> prox_C2 (clamp) -> A_bar = prox_C1(A) -> weight step
             t_arch = time.time()
             arch_loss, arch_acc = arch_step(model, A, arch_opt, xa, ya, slices, rel_size, args.reg, keep, values)

@@ -9,33 +9,28 @@ What this file implements (Prediction with Expert Advice, one forecaster per edg
   * Expert loss (linearised loss of op i): for y = sum_i p_i o_i, dloss/dp_i = <dloss/dy, o_i>. One batched backward
     gives it per sample AND per cell: every cell gets its own per-sample copy of the mixture weights, shape
     (cells, B, K) per edge (XnasEdge picks its cell's copy), and the summed per-sample loss is differentiated
-    w.r.t. those copies. Each cell that shares a group's weights is one round of the forecaster (PAPER: the
+    w.r.t. those copies. Each cell that shares a group's weights is one round of the forecaster (the paper's
     "multiple learning rates"; archai counts rounds the same way).
   * Per data point, per cell, per edge the expert-loss vector is clipped to max-abs L (scaled, so its direction is
     kept), then averaged over the batch: every round's expert losses lie in [-L, L], which is exactly the bound the
     regret analysis and the wipeout rule assume. (archai clips the *weight* gradients instead, so its L bounds nothing.)
-  * Update l <- l - eta * g (PAPER: Alg. 1, v_{t,i} = v_{t-1,i} exp(-eta grad.u_i), i.e. dual averaging with a fixed eta),
-    with eta_g = sqrt(2 ln N / (T_g L^2)) (PAPER: Eq. for the optimal learning rate), N = ops per edge,
+  * Update l <- l - eta * g (Alg. 1 of the paper, v_{t,i} = v_{t-1,i} exp(-eta grad.u_i): dual averaging, fixed eta),
+    with eta_g = sqrt(2 ln N / (T_g L^2)) (the paper's optimal learning rate), N = ops per edge,
     T_g = cells of group g x architecture steps x epochs: normal and reduction cells get different eta.
-  * Wipeout after every update (PAPER: Alg. 1, theta_t = max_j v_{t,j} exp(-2 eta L (T - t))): in log space drop op i
+  * Wipeout after every update (Alg. 1, theta_t = max_j v_{t,j} exp(-2 eta L (T - t))): in log space drop op i
     for good if l_i < max_j l_j - 2 eta L (T_g - t_g). The step counter t counts each architecture update exactly once
     (t_g = cells x t), unlike archai's counter. At the last step (t = T) only the leader of every edge survives.
   * Network weights: the DARTS search setting (SGD 0.025 cosine, momentum 0.9, wd 3e-4, batch 64, 50 epochs, 8 cells,
     C=16, bilevel 25k/25k), architecture step on the held-out batch first, then the weight step (DARTS' order).
   * Genotype: DARTS rule on softmax(l) without `none` (space.derive); NB201: argmax per edge.
-  * NAS-Bench-1Shot1 (ALGO LOGIC, our form of XNAS there): the experts of a choice node are its 3 ops (a forecaster
+  * NAS-Bench-1Shot1 (our form of XNAS there): the experts of a choice node are its 3 ops (a forecaster
     per node, as per edge above); and a node's input mixture sum_j w_j h_j (and the output's weighted concat) is a
     forecast over its candidate inputs, so the input rows `in{b}` / `out` are forecasters too, with the same expert
     losses <dloss/dy, dy/dw_j>, clipping, eta (N = candidates) and update. Wipeout keeps what the space allows: an
     input is dropped once it can no longer reach the top k (l_i < l_(k) - 2 eta L (T - t), k = the parents allowed),
     so k inputs survive the search. Settings: 1Shot1's common one-shot training (batch 96), 50 epochs (DARTS').
-    DEVIATION: XNAS has no 1Shot1 (or NB201) run; the input forecasters and the top-k wipeout are our extension.
-Choices the paper leaves open, and departures from archai (the only public search code):
-  DEVIATION: a round is one cell on one *batch* (expert losses averaged over the batch, T counts steps). archai makes
-    every sample a round (batch of 1, T x B rounds, losses summed), i.e. an eta and a wipeout margin sqrt(B) larger.
-  DEVIATION: one batched backward instead of archai's loop over single samples; with BatchNorm in training mode the
-    samples of a batch then interact through the batch statistics (exact per-sample gradients in eval mode).
-  DEVIATION: L = --expert-clip = 1.0 is archai's value (its grad_clip); the paper's value is not confirmed here.
+Choices the paper leaves open, and departures from archai (the only public search code), are marked in the code:
+a round is one cell on one batch; one batched backward; L = 1.0.
 
 Reproduce the search (DARTS space, CIFAR-10, 50 epochs):
     python algos/xnas.py
@@ -68,6 +63,8 @@ if not (_here / "spaces.py").exists():  # repository layout: algos/ beside space
 import data  # noqa: E402
 import spaces  # noqa: E402
 
+# EXTENSION: XNAS on NAS-Bench-201 and on NAS-Bench-1Shot1 (input forecasters, top-k wipeout): its paper searched the
+# DARTS space only (GAEA's release ships an xnas_nasbench201.pdf of the GAEA authors' own NB201 run).
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="XNAS search (defaults: the DARTS CIFAR-10 search setting).")
     p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
@@ -86,6 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--momentum", type=data.fraction, default=0.9, help="SGD momentum")
     p.add_argument("--wd", type=data.nonneg_float, default=3e-4, help="weight decay of the weights")
     p.add_argument("--grad-clip", type=data.positive_float, default=5.0, help="gradient-norm clip of the weights")
+    # DEVIATION: L = 1.0 is archai's value (its grad_clip) — the paper's value is not confirmed here
     p.add_argument("--expert-clip", type=data.positive_float, default=1.0,
                    help="L: per-sample max-abs bound of every expert loss; sets eta and the wipeout margin")
     p.add_argument("--no-wipeout", action="store_true", help="ablation: never remove ops (plain exponentiated gradient)")
@@ -168,6 +166,8 @@ def per_sample_expert_losses(model, log_w, cells, x, y) -> tuple[dict[str, torch
     group g for sample b (the linearised loss of expert k), plus the batch's mean loss and accuracy.
     With BatchNorm in training mode the samples interact through the batch statistics, so G[c, b] is the effect of
     sample b's weights on the summed batch loss (exact per-sample gradients in eval mode; see the tests)."""
+    # DEVIATION: one batched backward instead of archai's loop over single samples — one pass per step; with BatchNorm
+    # in training mode the samples of a batch then interact through the batch statistics (exact in eval mode).
     p = mixture_weights(log_w)
     copies = {g: p[g].expand(cells[g], len(y), *p[g].shape).clone().requires_grad_(True) for g in p}  # (c, B, E, K)
     arch = {g: list(w.unbind(2)) for g, w in copies.items()}  # per edge: (c, B, K)
@@ -180,7 +180,8 @@ def per_sample_expert_losses(model, log_w, cells, x, y) -> tuple[dict[str, torch
 
 # ALGO LOGIC: per data point, per cell (round) and per edge, scale the expert-loss vector so |g_k| <= L for every k.
 def clip_expert_losses(g: torch.Tensor, L: float) -> torch.Tensor:
-    """Max-abs clipping of the last axis: g * min(1, L / max_k |g_k|). PAPER: expert losses bounded by L."""
+    """Max-abs clipping of the last axis: g * min(1, L / max_k |g_k|)."""
+    # PAPER: the regret bound assumes expert losses bounded by L
     peak = g.abs().amax(dim=-1, keepdim=True)
     return g * (L / peak.clamp_min(L))
 
@@ -197,7 +198,8 @@ def xnas_update(log_w: torch.Tensor, loss: torch.Tensor, eta: float, L: float,
         # PAPER: Alg. 1 wipeout, v_i < max_j v_j exp(-2 eta L (T - t)), i.e. in log space l_i < max_j l_j - 2 eta L (T - t):
         # every round moves the gap to the leader by at most 2L in reward (eta 2L in log-weight), so op i can no
         # longer overtake the leader in the rounds left.
-        threshold = new.topk(keep, dim=-1).values[..., -1:] - 2.0 * eta * L * rounds_left  # ALGO LOGIC: k-th best
+        # EXTENSION: keep > 1 (1Shot1 input rows) is the top-k wipeout: drop what can no longer reach the k-th best
+        threshold = new.topk(keep, dim=-1).values[..., -1:] - 2.0 * eta * L * rounds_left
         new = new.masked_fill(new < threshold, float("-inf"))
     new = torch.log_softmax(new, dim=-1)  # renormalise (archai never does; here it only re-centres the log-weights)
     return new, int((alive_before & ~torch.isfinite(new)).sum())
@@ -207,6 +209,9 @@ def arch_step(model, log_w, x, y, cells, etas, L, rounds_left, keep=None) -> tup
     """Expert losses on the architecture batch at the current weights, clipped per sample, averaged over the batch,
     summed over the cells (rounds) of each group; then the XNAS update and wipeout of every group (in place)."""
     grads, loss, acc = per_sample_expert_losses(model, log_w, cells, x, y)
+    # DEVIATION: a round is one cell on one batch (expert losses averaged over the batch, T counts steps); archai makes
+    # every sample a round (T x B rounds, losses summed), i.e. an eta and a wipeout margin sqrt(B) larger — one update
+    # per architecture step and batch, whatever the batch size.
     step_losses = {g: clip_expert_losses(G, L).mean(dim=1).sum(dim=0) for g, G in grads.items()}  # (E, K) each
     data.all_reduce_mean_(list(step_losses.values()))  # torchrun: the mean over the global batch (equal shards)
     for g, step_loss in step_losses.items():
@@ -253,6 +258,9 @@ def main(argv=None) -> dict:
         seed=args.seed, train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset,
         rank=rank, world=world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    # DEVIATION: under torchrun every rank's BatchNorm normalises with the statistics of its own shard (batch / ranks
+    # images), not of the global batch, and the running statistics are rank 0's (DDP broadcasts buffers) — plain DDP,
+    # as data-parallel NAS code runs; SyncBatchNorm would add an all-reduce per BatchNorm layer. One process: unchanged.
     # torchrun: wiped-out ops are never computed, so DDP must expect parameters without gradient
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=XnasEdge).to(device), device, True)
     keep = space.parents() if isinstance(space, spaces.NB1Shot1Space) else {}  # 1Shot1: inputs each row keeps

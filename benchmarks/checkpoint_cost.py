@@ -1,4 +1,4 @@
-"""Checkpoint size and write time of every search at the paper's default sizes (issue 9).
+"""Checkpoint size and write time of every search at the paper's default sizes.
 
 Each algorithm runs one epoch of its default supernet (the default space: DARTS, NB201 for gaea_darts_erm and gaea_gdas; the paper's C and cells) on a few synthetic
 images, with batch 8 (the batch size does not change what a checkpoint holds, and keeps the CPU memory small); the time of every `data.save_checkpoint` call (torch.save to a temporary file, fsync, rename) is

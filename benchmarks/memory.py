@@ -12,7 +12,7 @@ each algorithm through its own algos-file functions. Memory figures:
     that can include start-up). CUDA: torch.cuda.max_memory_allocated during the step - memory_allocated before.
   - saved: bytes of the tensors autograd keeps for backward during the architecture step's forward (storages
     counted once, parameters excluded): deterministic, the same on every machine.
-The issue's target: GAEA PC-DARTS' peak <= 0.45x DARTS' at the same batch. darts_unrolled / darts is reported
+The target set for this repository: GAEA PC-DARTS' peak <= 0.45x DARTS' at the same batch. darts_unrolled / darts is reported
 for information (no target); its saved-for-backward column is '-' (the step builds four graphs one after another).
 
 Usage:

@@ -17,7 +17,7 @@ Benchmarks:
         (darts.unrolled_arch_step, DARTS only), w-update forward and backward (+ clip + SGD) timed separately, and
         the total search step (DARTS 1st, DARTS 2nd, NASP) as the sum of its parts' medians. NASP runs one random
         child (A ~ U[0, 1], --seed). Printed beside the paper's ratios and per-epoch seconds (where known);
-        targets from issue 10 (CPU, 1 thread).
+        targets set for this repository's CPU run (1 thread).
   xautodl  Our NB201 supernet weight step against the established implementation (xautodl's TinyNetworkDarts and
         TinyNetworkGDAS, an optional dependency: skipped with a message when absent) at NB201's search size
         (--nb201-C 16, --nb201-N 5, same batch). Targets: ours <= 0.8x their time (DARTS), <= 0.9x (GDAS).
@@ -221,8 +221,9 @@ def bench_nasp(cfg: BenchConfig, op_sets=(7, 12), children: int = 3) -> list[Row
 
 
 # ---------------------------------------------------------------------------------------------- nasp-table5
-# NASP Table 5 (DARTS-space search, CIFAR-10, GPU): ratios DARTS / NASP as issue 10 quotes them; per-epoch seconds
-# only where the issue gives them. Targets: issue 10, for this benchmark on CPU with 1 thread.
+# NASP Table 5 (DARTS-space search, CIFAR-10, GPU): ratios DARTS / NASP as quoted when the targets were set (not
+# checked against the paper text here); per-epoch seconds only where quoted. Targets: set for this benchmark on CPU
+# with 1 thread.
 TABLE5 = {  # column: (paper 7 ops, paper 12 ops, target 7 ops, target 12 ops)
     "A-update 1st order": (1.53, 1.61, 2.0, 2.0),
     "A-update 2nd order": (None, None, None, None),  # DARTS 2nd-order A-update / NASP's (no paper ratio)
