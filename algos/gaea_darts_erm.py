@@ -42,8 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--epochs", type=data.positive_int, default=25, help="search epochs")
     p.add_argument("--batch-size", type=data.positive_int, default=64, help="global batch of both steps (split over torchrun's processes)")
-    # DEVIATION: the release's NB201 config has C=24 and a 50-epoch cosine period (lr ends at ~0.0138); here C=16 and
-    # a 25-epoch period — NB201's own width (its baselines search at C=16), and a cosine that ends at --lr-min.
+    # DEVIATION: the release's NB201 config: C=24, cosine period 50 (lr ends at ~0.0138); here 16, 25 — NB201's C, lr to --lr-min
     p.add_argument("--C", type=data.positive_int, default=16, help="initial channels of the supernet")
     p.add_argument("--layers", type=data.positive_int, default=None, help="cells: darts total (8), nb201 per stage (5), nb1shot1 per stack (3)")
     p.add_argument("--lr", type=data.positive_float, default=0.025, help="SGD learning rate of the weights (cosine schedule)")
@@ -97,7 +96,6 @@ class ExponentiatedGradient(torch.optim.Optimizer):
 
 def arch_step(model, alphas, arch_opt, x, y) -> tuple[float, float]:
     """One EG step on theta with the architecture batch, at the current weights (first order)."""
-    # PAPER: Eq. (8), the exponentiated-gradient step, in arch_opt.step()
     arch_opt.zero_grad(set_to_none=True)
     logits = model(x, mixture_weights(alphas))
     loss = F.cross_entropy(logits, y)
@@ -131,8 +129,7 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     rank, world, device = data.init_distributed(args.device)  # torchrun: one process per GPU, one search
     # everything that can fail on bad input happens before the run directory exists
-    # ALGO LOGIC: NB201 without `none`, as GAEA's release runs it (README: search.exclude_zero=true); the DARTS space
-    # keeps `none`, as GAEA PC-DARTS does
+    # ALGO LOGIC: NB201 without `none`, as GAEA's release runs it (search.exclude_zero); the DARTS space keeps it (GAEA PC-DARTS)
     space = spaces.get_space(args.space, ops=[o for o in spaces.NB201_OPS if o != "none"] if args.space == "nb201" else None)
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, data.per_rank_batch(args.batch_size, world), bilevel=args.bilevel,
@@ -177,8 +174,7 @@ def main(argv=None) -> dict:
         run.end_epoch(state, metrics, mixture_weights(alphas))
 
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(alphas))
-    # DEVIATION: the last epoch's genotype is returned; the release's bilevel run returns the best-validation epoch's
-    # (its ERM run, the default here, the last one's) — one rule for both modes; metrics.jsonl has every epoch's genotype.
+    # DEVIATION: the last epoch's genotype (release, bilevel: the best-validation epoch's) — one rule; metrics.jsonl has all
     genotype = derive_genotype(space, alphas)
     gap = spaces.discretisation_check(space, genotype, lambda w: data.evaluate(  # GAEA Sec. 4.1: the derived cell
         model, test_loader, test_augment, device, w), device)

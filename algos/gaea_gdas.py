@@ -56,7 +56,8 @@ ARCH_UPDATES = ("eg", "softmax-adam")
 ARCH_DEFAULTS = {"eg": {"arch_lr": 0.1, "kl_coef": 0.01},
                  "softmax-adam": {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999), "arch_wd": 1e-3}}
 # DEVIATION: eg pairs eta = 0.1 (the GAEA paper's, App. C.3) with the release's KL coefficient 0.01, which its egdas
-# config pairs with eta = 0.01 (`--arch-lr 0.01` runs that pairing) — a combination neither ran; the paper names no KL.
+# config pairs with eta = 0.01 (`--arch-lr 0.01` runs that pairing) — the paper's eta, and the only KL coefficient
+# either source names (the paper has no KL term); a combination neither ran.
 EG_FLOOR = 1e-5  # GAEA's clamp of simplex entries
 
 
