@@ -1,9 +1,27 @@
-"""Data for nasref: arrays, loaders, GPU-friendly batch augmentation, search splits, benchmark tables, run logs.
+"""data.py -- what every nasref command line shares and none tunes: the data (Part I) and the running of a job (Part II).
 
-Every dataset is held in memory as uint8 NHWC numpy arrays and served as uint8 NCHW batches; `Augment`
-does crop/flip/normalise/cutout on whole batches (on any device), so loading is never the bottleneck.
+Contents (skip to the part you need):
+  Part I -- data
+    I.1  conventions and `DataInfo` (below)
+    I.2  arrays and validation: CIFAR-10/100, ImageNet16-120, .npz files, synthetic images; `check_arrays`
+    I.3  loaders: `ArrayDataset`, the resumable `SeededSampler`, `make_loader`, batch augmentation `Augment`
+    I.4  search splits and paired (weight, architecture) batches: NB201 split files, `PairedBatches`, `search_loaders`
+    I.5  ImageNet search subsets (PC-DARTS' protocol): per-class subsets, ImageFolder images, `imagenet_search_loaders`
+    I.6  benchmark tables and oracle look-ups: `load_table`, `oracle_metrics`
+  Part II -- running a job
+    II.1 command-line types (`type=` helpers) and cross-flag checks, the run flags (`add_run_args`)
+    II.2 run directory and logs: one atomic writer, the run directory (created, reused when it holds no result,
+         locked against a second process), metrics.jsonl
+    II.3 checkpoint / resume: RNG states, capture / restore of live objects, atomic checkpoints, settings check
+    II.4 the run object `Run` (every search and train_eval.py): resume, in-epoch progress, TensorBoard, the stop on
+         non-finite values, Ctrl-C / SIGTERM with the resume command
+    II.5 torchrun helpers: process group, DDP, gradient and metric averaging, cross-rank checks
+    II.6 `evaluate`: loss and accuracy of a (super)network over a loader
+    II.7 `cli`: a command line's main() with one-line errors
 
-Conventions (NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `utils.py`):
+I.1 Conventions. Every dataset is held in memory as uint8 NHWC numpy arrays and served as uint8 NCHW batches;
+`Augment` does crop/flip/normalise/cutout on whole batches (on any device), so loading is never the bottleneck.
+Sources: NAS-Bench-201 / AutoDL `get_dataset_with_transform.py`, DARTS `utils.py`.
 - Means/stds (/255): CIFAR-10 [125.3,123.0,113.9]/[63.0,62.1,66.7]; CIFAR-100 [129.3,124.1,112.4]/[68.2,65.4,70.4];
   ImageNet16 [122.68,116.66,104.01]/[63.22,61.26,65.09].
 - Train transform: random crop with zero padding (4 px for 32 px images, 2 px for ImageNet16's 16 px) + horizontal
@@ -38,6 +56,7 @@ import random
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -59,6 +78,9 @@ CIFAR10_MEAN, CIFAR10_STD = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
 CIFAR100_MEAN, CIFAR100_STD = (129.3, 124.1, 112.4), (68.2, 65.4, 70.4)
 IMAGENET16_MEAN, IMAGENET16_STD = (122.68, 116.66, 104.01), (63.22, 61.26, 65.09)
 IMAGENET16_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11)) + ("val_data",)
+
+
+# ======================================== PART I -- DATA ========================================
 
 
 class DataError(RuntimeError):
@@ -88,122 +110,7 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple, tuple]:
     return tuple(x.mean(axes, dtype=np.float64).tolist()), tuple(x.std(axes, dtype=np.float64).tolist())
 
 
-# -------------------------------------------------------------------------------------- argument types
-# argparse `type=` helpers: a bad value stops the parser with its usage and one "argument --x: ..." line.
-def _parse_number(text: str, kind, test, need: str):
-    try:
-        value = kind(text) if text.isascii() else None
-    except ValueError:
-        value = None
-    if value is None or (kind is float and not math.isfinite(value)) or not test(value):
-        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    return _parse_number(text, int, lambda v: v > 0, "an integer >= 1")
-
-
-def int_at_least(low: int):
-    """type= for integers >= low, e.g. int_at_least(2)."""
-    def check(text: str) -> int:
-        return _parse_number(text, int, lambda v: v >= low, f"an integer >= {low}")
-    check.__name__ = f"int_at_least_{low}"
-    return check
-
-
-def nonneg_int(text: str) -> int:
-    return _parse_number(text, int, lambda v: v >= 0, "an integer >= 0")
-
-
-def seed(text: str) -> int:
-    return _parse_number(text, int, lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2**32)")
-
-
-def positive_float(text: str) -> float:
-    return _parse_number(text, float, lambda v: v > 0, "a finite number > 0")
-
-
-def nonneg_float(text: str) -> float:
-    return _parse_number(text, float, lambda v: v >= 0, "a finite number >= 0")
-
-
-def unit_interval(text: str) -> float:
-    """Open (0, 1), e.g. --train-portion (both sides of the split non-empty)."""
-    return _parse_number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
-
-
-def fraction(text: str) -> float:
-    """Half-open [0, 1), e.g. Adam betas, momentum, drop-path probability, label smoothing."""
-    return _parse_number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def run_name(text: str) -> str:
-    """One directory name under --out-dir: no path separators, not empty, not '.' or '..'."""
-    if text in ("", ".", "..") or any(c in text for c in "/\\\0"):
-        raise argparse.ArgumentTypeError(f"must be a plain directory name (no '/', not '.' or '..'), got {text!r}")
-    return text
-
-
-def out_dir(text: str) -> str:
-    """A directory that exists or can be created: no existing file on the path, and writable."""
-    path = Path(text or ".").absolute()
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"{text!r}: {parent} is a file, not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise argparse.ArgumentTypeError(f"{text!r}: {parent} is not writable")
-            break
-    return text
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N' or 'mps' -> a torch.device that exists here;
-    DataError (one line) otherwise."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise DataError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
-    if device.type == "cpu":
-        return device
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise DataError(f"device {name!r}: no CUDA device is available here; use --device cpu (or auto)")
-        if device.index is not None and device.index >= n:
-            raise DataError(f"device {name!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
-        return device
-    if device.type == "mps" and torch.backends.mps.is_available():
-        return device
-    raise DataError(f"device {name!r} is not available here; use auto, cpu, cuda or cuda:N")
-
-
-def device_name(text: str) -> str:
-    """argparse type for --device: the name, checked with resolve_device (resolved again in main)."""
-    try:
-        resolve_device(text)
-    except DataError as err:
-        raise argparse.ArgumentTypeError(str(err)) from err
-    return text
-
-
-def check_search_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Cross-flag checks every search command line shares; parser.error prints usage + one line (exit 2)."""
-    if args.nb201_table and args.space != "nb201":
-        parser.error("--nb201-table needs --space nb201")
-    if args.space == "darts" and args.layers is not None and args.layers < 3:
-        parser.error(f"--layers {args.layers}: the DARTS space needs >= 3 cells (reduction cells sit at layers//3 "
-                     f"and 2*layers//3, so fewer leave no normal cell to search)")
-    bilevel = args.bilevel if hasattr(args, "bilevel") else not args.single_level
-    if not bilevel and (args.split_file or args.train_portion != 0.5):
-        how = "need --bilevel" if hasattr(args, "bilevel") else "do nothing with --single-level"
-        parser.error(f"--split-file / --train-portion choose the bilevel split: they {how}")
-
-
-# ----------------------------------------------------------------------------------------------- arrays
+# ---------------------------------------------------------------------------------- I.2 arrays and validation
 def _load_cifar(name: str, data_dir: str, download: bool) -> dict:
     from torchvision import datasets  # imported lazily: only the cifar paths need it
 
@@ -249,6 +156,8 @@ def _load_imagenet16(data_dir: str, num_classes: int = 120) -> dict:
 
 CHANNELS = (1, 3)  # recognised image channels: grayscale and RGB
 MIN_IMAGE_SIZE = 8  # smaller images leave 1x1 maps after two reductions, where batch norm breaks
+MAX_IMAGE_SIZE = 256  # arrays are held in memory and trained at full size: a 1000 px set would need ~8.5 GB per
+# 2,000 images before the first step (ImageNet-size images go through an ImageFolder loader, --dataset imagenet)
 
 
 def _to_nhwc(x: np.ndarray, where: str) -> np.ndarray:
@@ -320,9 +229,12 @@ def check_arrays(arrays: dict, where: str, num_classes: int | None = None) -> tu
     shape, test_shape = out["x_train"].shape[1:], out["x_test"].shape[1:]
     if shape != test_shape:
         raise DataError(f"{where}: train images are {shape} (H, W, C), test images {test_shape}; they must match")
-    if shape[0] != shape[1] or shape[0] < MIN_IMAGE_SIZE:
-        raise DataError(f"{where}: images are {shape[0]}x{shape[1]} px; square images of >= {MIN_IMAGE_SIZE} px needed")
+    if shape[0] != shape[1] or not MIN_IMAGE_SIZE <= shape[0] <= MAX_IMAGE_SIZE:
+        raise DataError(f"{where}: images are {shape[0]}x{shape[1]} px; square images of {MIN_IMAGE_SIZE} to "
+                        f"{MAX_IMAGE_SIZE} px needed (resize larger ones first)")
     present = np.unique(out["y_train"])
+    if len(present) < 2:
+        raise DataError(f"{where}: every training label is {present[0]}; classification needs >= 2 classes")
     if num_classes is None:
         # a small subset may miss a class or two; a stray label (100000 among 0..9) leaves most classes empty
         num_classes = int(present[-1]) + 1
@@ -409,7 +321,7 @@ def load_arrays(dataset: str, data_dir: str = "./data", download: bool = True,
     raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)} or a path ending in .npz")
 
 
-# ---------------------------------------------------------------------------------------------- loaders
+# ------------------------------------------------------------------------ I.3 loaders, SeededSampler, Augment
 class ArrayDataset(Dataset):
     """In-memory images as a uint8 NCHW tensor + int64 labels; `__getitems__` serves a whole batch at once."""
 
@@ -533,32 +445,7 @@ class Augment:
         return self._cutout(x) if self.train and self.cutout > 0 else x
 
 
-# -------------------------------------------------------------------------------------------- arguments
-def add_common_args(p) -> None:
-    """The flags every search script has and none tunes: data, split, oracle table, seed, device, output."""
-    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
-    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
-    p.add_argument("--train-portion", type=unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion: cifar-split.txt "
-                   "(CIFAR-10 train/valid halves) or cifar100- / imagenet-16-120-test-split.txt (direct search: weights on "
-                   "the whole training set, architecture on the test set's xvalid half)")
-    p.add_argument("--train-subset", type=nonneg_int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=seed, default=2, help="random seed")
-    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", type=out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
-
-
-def cli(main) -> None:
-    """Run a search script's main(); bad input ends with one `error: ...` line and a non-zero exit."""
-    import spaces  # imported here: spaces does not depend on data
-    try:
-        main()
-    except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        raise SystemExit(f"error: {err}") from None
-
-
-# ----------------------------------------------------------------------------------------------- search
+# ----------------------------------------------------------------------- I.4 search splits and paired batches
 def _split_index(i) -> int:
     if isinstance(i, bool) or not (isinstance(i, int) or (isinstance(i, str) and i.isascii() and i.isdigit())):
         raise ValueError(f"index {i!r} is not a non-negative integer")
@@ -662,13 +549,11 @@ def take_subset(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.nd
 
 def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, seed: int,
                    train_portion: float = 0.5, split_file: str | None = None, train_subset: int = 0,
-                   synthetic_size: tuple = (2048, 512), image_size: int = 32,
-                   arch_batch_size: int | None = None, rank: int = 0,
-                   world: int = 1) -> tuple[PairedBatches, DataLoader, DataInfo]:
+                   rank: int = 0, world: int = 1) -> tuple[PairedBatches, DataLoader, DataInfo]:
     """Paired (weight, arch) batches over the search split, a test loader, and the DataInfo. A split file with
     xvalid/xtest keys selects NB201's direct-search protocol (see the module docstring). Under torchrun (`world` > 1)
     batch_size is per rank and both samplers serve this rank's shard of one shared permutation."""
-    arrays, info = load_arrays(dataset, data_dir, synthetic_size=synthetic_size, image_size=image_size)
+    arrays, info = load_arrays(dataset, data_dir)
     x, y = take_subset(arrays["x_train"], arrays["y_train"], train_subset)
     x_test, y_test = arrays["x_test"], arrays["y_test"]
     splits = read_split_file(split_file) if bilevel and split_file is not None else {}
@@ -681,12 +566,107 @@ def search_loaders(dataset: str, data_dir: str, batch_size: int, bilevel: bool, 
         weight_ds = ArrayDataset(x[w_idx], y[w_idx])
         arch_ds = ArrayDataset(x[a_idx], y[a_idx]) if bilevel else weight_ds
     weight_loader = make_loader(weight_ds, batch_size, shuffle=True, seed=seed, rank=rank, world=world)
-    arch_loader = make_loader(arch_ds, arch_batch_size or batch_size, shuffle=True, seed=seed + 1, rank=rank,
-                              world=world)
+    arch_loader = make_loader(arch_ds, batch_size, shuffle=True, seed=seed + 1, rank=rank, world=world)
     test_loader = make_loader(ArrayDataset(x_test, y_test), batch_size, shuffle=False, seed=seed)
     return PairedBatches(weight_loader, arch_loader), test_loader, info
 
 
+# -------------------------------------------------------------------------------- I.5 ImageNet search subsets
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_SUBSET_SEED = 0  # the per-class subsets do not change with a search's --seed
+
+
+def per_class_subsets(targets, fractions=(0.1, 0.025), seed: int = IMAGENET_SUBSET_SEED) -> tuple[np.ndarray, ...]:
+    """Disjoint per-class random subsets of a labelled set (PC-DARTS' ImageNet search: 10% of every class for the
+    weights, 2.5% for the architecture). For each class in label order, the class's indices are permuted by one
+    numpy Generator(seed) and cut into the first max(1, round(f0 * n_c)), the next max(1, round(f1 * n_c)), ...
+    Returns sorted int64 index arrays, one per fraction."""
+    targets = np.asarray(targets, dtype=np.int64)
+    if not fractions or any(f <= 0 for f in fractions) or sum(fractions) > 1:
+        raise DataError(f"subset fractions {tuple(fractions)} must be > 0 and sum to at most 1")
+    rng = np.random.default_rng(seed)
+    order = np.argsort(targets, kind="stable")
+    classes, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
+    out = [[] for _ in fractions]
+    for c, start, n in zip(classes, starts, counts):
+        sizes = [max(1, int(round(f * n))) for f in fractions]
+        if sum(sizes) > n:
+            raise DataError(f"class {c} has {n} images, too few for one image in each of {len(fractions)} subsets")
+        perm = rng.permutation(order[start:start + n])
+        cuts = np.cumsum([0, *sizes])
+        for k in range(len(fractions)):
+            out[k].append(perm[cuts[k]:cuts[k + 1]])
+    return tuple(np.sort(np.concatenate(parts)) for parts in out)
+
+
+def read_subset_file(path, samples: list, root) -> np.ndarray:
+    """Indices of the images listed in a text file, one path per line relative to the ImageFolder root (e.g.
+    `n01440764/n01440764_10026.JPEG`), into `samples` (ImageFolder.samples)."""
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    except FileNotFoundError as e:
+        raise DataError(f"subset file not found: {path}") from e
+    where = {Path(p).relative_to(root).as_posix(): i for i, (p, _) in enumerate(samples)}
+    missing = [ln for ln in lines if ln not in where]
+    if missing or not lines:
+        raise DataError(f"{path}: {len(missing)} of {len(lines)} listed images are not in {root} (first: "
+                        f"{missing[0] if missing else 'the file is empty'})")
+    return np.asarray(sorted(where[ln] for ln in lines), dtype=np.int64)
+
+
+class FolderImages(Dataset):
+    """Some images of an ImageFolder (`samples`: (path, label) pairs) through a transform; picklable for workers."""
+
+    def __init__(self, samples: list, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.datasets.folder import default_loader  # torchvision: only the ImageFolder path needs it
+        path, label = self.samples[i]
+        return self.transform(default_loader(path)), label
+
+
+def imagenet_search_loaders(data_dir: str, batch_size: int, seed: int, workers: int = 8, rank: int = 0,
+                            world: int = 1, fractions=(0.1, 0.025), subset_files=None, image_size: int = 224,
+                            pin_memory: bool = False) -> tuple[PairedBatches, DataLoader, DataInfo]:
+    """PC-DARTS' ImageNet search data, same return shape as `search_loaders`: paired (weight, arch) batches from two
+    disjoint per-class subsets of DATA_DIR/train (an ImageFolder; `per_class_subsets`, or two `subset_files`), each
+    with RandomResizedCrop(image_size) + horizontal flip, served as uint8 NCHW by `workers` processes per loader
+    (Augment normalises them on the device); batch_size is per rank; and a loader over the architecture subset with
+    Resize(256/224 x size) + CenterCrop(size) for the supernet's final evaluation."""
+    from torchvision import datasets, transforms  # only the ImageFolder path needs it
+
+    root = Path(data_dir) / "train"
+    if not root.is_dir():
+        raise DataError(f"--dataset imagenet needs an ImageFolder directory {root} (one sub-directory per class)")
+    folder = datasets.ImageFolder(root)
+    if subset_files is not None:
+        w_idx, a_idx = (read_subset_file(f, folder.samples, root) for f in subset_files)
+        if np.intersect1d(w_idx, a_idx).size:
+            raise DataError(f"subset files {subset_files[0]} and {subset_files[1]} share images")
+    else:
+        w_idx, a_idx = per_class_subsets(folder.targets, fractions)
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
+                                   transforms.PILToTensor()])
+    eval_tf = transforms.Compose([transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
+                                  transforms.PILToTensor()])
+    pick = lambda idx: [folder.samples[i] for i in idx]  # noqa: E731
+
+    def loader(ds, sampler, stream):  # workers of each rank and loader get their own seeds for the random crops
+        return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 1000 * stream))
+
+    weights = loader(FolderImages(pick(w_idx), train_tf), SeededSampler(len(w_idx), seed, rank=rank, world_size=world), 2 * rank)
+    arch = loader(FolderImages(pick(a_idx), train_tf), SeededSampler(len(a_idx), seed + 1, rank=rank, world_size=world), 2 * rank + 1)
+    test = loader(FolderImages(pick(a_idx), eval_tf), None, 2 * world)
+    info = DataInfo("imagenet", len(folder.classes), image_size, IMAGENET_MEAN, IMAGENET_STD, 0, loader_augments=True)
+    return PairedBatches(weights, arch), test, info
+
+
+# ------------------------------------------------------------------- I.6 benchmark tables and oracle look-ups
 def load_table(path: str, key: str = "arch_str") -> dict[str, dict[str, float]]:
     """Reads a CSV (optionally .gz), e.g. nb201_oracle.csv.gz, into {row[key]: {numeric column: float}}."""
     if not Path(path).is_file():
@@ -739,25 +719,156 @@ def oracle_metrics(table: dict | None, genotype, dataset: str) -> dict[str, floa
     return out
 
 
-@torch.no_grad()
-def evaluate(model, loader, augment, device, *arch) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model(x, *arch)` over `loader` in eval mode (train mode afterwards).
-    Tensors in weight dicts of `arch` are detached, so the supernet skips their zero entries as in a weight step."""
-    model.eval()
-    arch = tuple({g: w.detach() if torch.is_tensor(w) else w for g, w in a.items()} if isinstance(a, dict) else a
-                 for a in arch)
-    loss, correct, n = 0.0, 0, 0
-    for x, y in loader:
-        x, y = augment(x.to(device)), y.to(device)
-        logits = model(x, *arch)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train()
-    return loss / n, correct / n
+
+# ===================================== PART II -- RUNNING A JOB =====================================
+# ------------------------------------------------------------------------- II.1 command-line types and checks
+# argparse `type=` helpers: a bad value stops the parser with its usage and one "argument --x: ..." line.
+def _parse_number(text: str, kind, test, need: str):
+    try:
+        value = kind(text) if text.isascii() else None
+    except ValueError:
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)) or not test(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+    return value
 
 
-# ---------------------------------------------------------------------------------------------- logging
+def positive_int(text: str) -> int:
+    return _parse_number(text, int, lambda v: v > 0, "an integer >= 1")
+
+
+def int_at_least(low: int):
+    """type= for integers >= low, e.g. int_at_least(2)."""
+    def check(text: str) -> int:
+        return _parse_number(text, int, lambda v: v >= low, f"an integer >= {low}")
+    check.__name__ = f"int_at_least_{low}"
+    return check
+
+
+def nonneg_int(text: str) -> int:
+    return _parse_number(text, int, lambda v: v >= 0, "an integer >= 0")
+
+
+def seed(text: str) -> int:
+    return _parse_number(text, int, lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2**32)")
+
+
+def positive_float(text: str) -> float:
+    return _parse_number(text, float, lambda v: v > 0, "a finite number > 0")
+
+
+def nonneg_float(text: str) -> float:
+    return _parse_number(text, float, lambda v: v >= 0, "a finite number >= 0")
+
+
+def unit_interval(text: str) -> float:
+    """Open (0, 1), e.g. --train-portion (both sides of the split non-empty)."""
+    return _parse_number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def fraction(text: str) -> float:
+    """Half-open [0, 1), e.g. Adam betas, momentum, drop-path probability, label smoothing."""
+    return _parse_number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def run_name(text: str) -> str:
+    """One directory name under --out-dir: no path separators, not empty, not '.' or '..'."""
+    if text in ("", ".", "..") or any(c in text for c in "/\\\0"):
+        raise argparse.ArgumentTypeError(f"must be a plain directory name (no '/', not '.' or '..'), got {text!r}")
+    if len(text.encode()) > 200:  # file systems allow 255 bytes; a suffix _N may be added
+        raise argparse.ArgumentTypeError(f"must be at most 200 bytes long, got {len(text.encode())}")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """A directory that exists or can be created: no existing file on the path, and writable."""
+    path = Path(text or ".").absolute()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text!r}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise argparse.ArgumentTypeError(f"{text!r}: {parent} is not writable")
+            break
+    return text
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N' or 'mps' -> a torch.device that exists here;
+    DataError (one line) otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise DataError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DataError(f"device {name!r}: no CUDA device is available here; use --device cpu (or auto)")
+        if device.index is not None and device.index >= n:
+            raise DataError(f"device {name!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise DataError(f"device {name!r} is not available here; use auto, cpu, cuda or cuda:N")
+
+
+def device_name(text: str) -> str:
+    """argparse type for --device: the name, checked with resolve_device (resolved again in main)."""
+    try:
+        resolve_device(text)
+    except DataError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+    return text
+
+
+def check_search_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Cross-flag checks every search command line shares; parser.error prints usage + one line (exit 2)."""
+    if args.nb201_table and args.space != "nb201":
+        parser.error("--nb201-table needs --space nb201")
+    if args.space == "darts" and args.layers is not None and args.layers < 3:
+        parser.error(f"--layers {args.layers}: the DARTS space needs >= 3 cells (reduction cells sit at layers//3 "
+                     f"and 2*layers//3, so fewer leave no normal cell to search)")
+    bilevel = args.bilevel if hasattr(args, "bilevel") else not args.single_level
+    if not bilevel and (args.split_file or args.train_portion != 0.5):
+        how = "need --bilevel" if hasattr(args, "bilevel") else "do nothing with --single-level"
+        parser.error(f"--split-file / --train-portion choose the bilevel split: they {how}")
+
+
+def add_common_args(p) -> None:
+    """The flags every search script has and none tunes: data, split, oracle table, seed, device, output."""
+    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
+    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
+    p.add_argument("--train-portion", type=unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
+    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion: cifar-split.txt "
+                   "(CIFAR-10 train/valid halves) or cifar100- / imagenet-16-120-test-split.txt (direct search: weights on "
+                   "the whole training set, architecture on the test set's xvalid half)")
+    p.add_argument("--train-subset", type=nonneg_int, default=0, help="use only the first N training images (0 = all)")
+    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--seed", type=seed, default=2, help="random seed")
+    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
+
+
+def add_run_args(p) -> None:
+    """The flags every search shares and none tunes: resumption, TensorBoard, determinism."""
+    p.add_argument("--resume", action="store_true", help="continue the run OUT_DIR/RUN_NAME from its checkpoint.pt "
+                   "(same settings; the default run name is used when --run-name is not given)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT_DIR/RUN_NAME/tb/ "
+                   "(needs `pip install tensorboard`)")
+    p.add_argument("--log-every", type=positive_int, default=50, help="TensorBoard: log the running training losses every N steps")
+    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True), cuDNN "
+                   "benchmark off, CUBLAS_WORKSPACE_CONFIG set: bit-reproducible GPU runs, somewhat slower")
+
+
+# -------------------------------------------------------------------------------- II.2 run directory and logs
+RESULT_FILES = ("checkpoint.pt", "metrics.jsonl", "genotype.json", "summary.json")  # a directory with none is unused
+LOCK = ".lock"  # "<host> <pid>" of the process that owns a run directory
+
+
 def _jsonable(obj):
     if hasattr(obj, "tolist"):  # numpy / torch scalars and arrays
         return obj.tolist()
@@ -776,16 +887,22 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file. mkstemp creates it with
-    mode 0600; it gets the mode a plain open() would give (0666 minus the umask, usually 0644)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def atomic_write(path: Path, content) -> None:
+    """The one writer of result files: `content` (str, bytes, or a function that writes to a binary file) goes to a
+    temporary file beside `path`, flushed to disk, then renamed over `path`, so a reader or a run killed at any moment
+    sees the old file or the new one, never half of one. The file gets a plain open()'s mode (0666 minus the umask)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # the usual permissions (mkstemp creates 0600)
+        with os.fdopen(fd, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode() if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
-    finally:  # interrupted (Ctrl-C, an error) before the rename: leave no half-written file behind
+    finally:  # interrupted (Ctrl-C, SIGTERM, an error) before the rename: no half-written file is left
         Path(tmp).unlink(missing_ok=True)
 
 
@@ -800,71 +917,86 @@ def _finite_or_none(obj):
     return obj
 
 
-class RunLogger:
-    """runs/{run_name}/: args.json at creation, metrics.jsonl (one JSON object per line, flushed), and a one-line
-    progress print per epoch with ETA. An existing run directory is never reused: a suffix _1, _2, ... is added."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
-    def __init__(self, out_dir: str, run_name: str, args: dict):
+
+def claim(path: Path) -> str | None:
+    """Lock run directory `path` for this process (path/.lock, created exclusively, holding "<host> <pid>"). Returns
+    None when claimed, else who holds it. A lock left by a dead process on this host, or by this very process (an
+    earlier run object that stopped with an error), is taken over; one from another host is respected."""
+    lock, me = path / LOCK, f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()
+                pid = int(pid)
+            except (OSError, ValueError):  # being written right now, or vanished: treat as held
+                return f"another process (see {lock})"
+            if host != socket.gethostname() or (pid != os.getpid() and _alive(pid)):
+                return f"process {pid} on {host}"
+            lock.unlink(missing_ok=True)  # stale: its process is gone (or it is ours)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return None
+    return f"another process (see {lock})"
+
+
+def release(path: Path) -> None:
+    """Remove path/.lock if this process holds it."""
+    lock = path / LOCK
+    with contextlib.suppress(OSError, ValueError):
+        if lock.read_text().split() == [socket.gethostname(), str(os.getpid())]:
+            lock.unlink()
+
+
+def make_run_dir(out_dir: str, name: str) -> Path:
+    """OUT_DIR/NAME for a new run, claimed by this process: created, or reused when it exists but holds no result (a
+    run stopped in its first epoch leaves only args.json) and no live process owns it; otherwise NAME_1, NAME_2, ...:
+    a finished or resumable run is never overwritten. An uncreatable OUT_DIR is a DataError (one line)."""
+    try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         for i in itertools.count():
-            self.path = Path(out_dir) / (run_name if i == 0 else f"{run_name}_{i}")
+            path = Path(out_dir) / (name if i == 0 else f"{name}_{i}")
             try:
-                self.path.mkdir()
-                break
+                path.mkdir()
             except FileExistsError:
-                pass
-        self.start = time.time()
-        self.write_json("args.json", args)
-
-    def log(self, metrics: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_finite_or_none(metrics), default=_jsonable, allow_nan=False) + "\n")
-            f.flush()
-
-    def progress(self, epoch: int, epochs: int, metrics: dict, keys: tuple) -> None:
-        per_epoch = (time.time() - self.start) / max(epoch, 1)
-        eta = datetime.timedelta(seconds=round(per_epoch * max(epochs - epoch, 0)))
-        shown = [f"{k} {_fmt(metrics[k])}" for k in keys if k in metrics]
-        print(" | ".join([f"epoch {epoch}/{epochs}", *shown, f"{per_epoch:.1f}s/epoch", f"ETA {eta}"]), flush=True)
-
-    def write_json(self, name: str, obj) -> None:
-        _atomic_write(self.path / name, json.dumps(obj, indent=2, default=_jsonable) + "\n")
-
-    def write_text(self, name: str, text: str) -> None:
-        _atomic_write(self.path / name, text)
+                if not path.is_dir() or any((path / f).exists() for f in RESULT_FILES) or claim(path) is not None:
+                    continue
+                for p in path.iterdir():  # an unused directory: start anew in it
+                    if p.name != LOCK:
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                return path
+            if claim(path) is None:
+                return path
+    except OSError as err:
+        raise DataError(f"cannot create a run directory under --out-dir {out_dir!r}: "
+                        f"{err.strerror or err} ({err.filename or out_dir})") from err
 
 
-# ------------------------------------------------------------------------------------- checkpoint / resume
+# ------------------------------------------------------------------------------------ II.3 checkpoint / resume
 CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "nasref-checkpoint-1"  # the key that tells a nasref checkpoint from any other file
 # flags that may differ between a run and its resumption (they change where or how it is watched, not what it computes)
-RESUMABLE_FLAGS = frozenset({"resume", "device", "data_dir", "out_dir", "run_name", "tensorboard", "log_every"})
+RESUMABLE_FLAGS = frozenset({"resume", "device", "data_dir", "out_dir", "run_name", "tensorboard", "log_every", "workers"})
 
 
 class ResumeError(DataError):
-    """A run cannot be resumed: no checkpoint, a corrupt one, or one written with other settings."""
+    """A run cannot be resumed: no checkpoint, a corrupt one, one written with other settings, or a run in use."""
 
 
 class NonFiniteLoss(DataError):
-    """A loss became NaN or infinite: the run stops (its last complete epoch stays on disk)."""
-
-
-def add_run_args(p) -> None:
-    """The flags every search shares and none tunes: resumption, TensorBoard, determinism."""
-    p.add_argument("--resume", action="store_true", help="continue the run OUT_DIR/RUN_NAME from its checkpoint.pt "
-                   "(same settings; the default run name is used when --run-name is not given)")
-    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events to OUT_DIR/RUN_NAME/tb/ "
-                   "(needs `pip install tensorboard`)")
-    p.add_argument("--log-every", type=positive_int, default=50, help="TensorBoard: log the running training losses every N steps")
-    p.add_argument("--deterministic", action="store_true", help="torch.use_deterministic_algorithms(True), cuDNN "
-                   "benchmark off, CUBLAS_WORKSPACE_CONFIG set: bit-reproducible GPU runs, somewhat slower")
-
-
-def set_deterministic(on: bool) -> None:
-    """Deterministic kernels (GPU runs are otherwise reproducible only up to atomics in cuDNN/cuBLAS reductions)."""
-    if on:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts; needed by CUDA >= 10.2
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    """A loss, metric or architecture parameter became NaN or infinite: the run stops, nothing non-finite is written
+    and no result is derived (the last complete epoch's checkpoint stays on disk)."""
 
 
 def rng_state() -> dict:
@@ -923,28 +1055,23 @@ def restore(state: dict, saved: dict) -> None:
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
-    """torch.save to a temporary file in the same directory, flushed to disk, then renamed over `path`: a run killed
-    at any moment leaves either the previous checkpoint or the new one, never a torn file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save through `atomic_write`: a run killed at any moment leaves the previous checkpoint or the new one."""
+    atomic_write(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **obj}, f))
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by `save_checkpoint`; ResumeError (one line) for a missing file or any other file."""
     if not path.is_file():
-        raise ResumeError(f"no checkpoint to resume at {path} (run without --resume to start it anew)")
+        raise ResumeError(f"no checkpoint at {path}")
     try:
         with warnings.catch_warnings():  # a foreign pickle also warns about its protocol: keep the error one line
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as e:
-        raise ResumeError(f"{path} is not a readable checkpoint ({' '.join(str(e).split())[:200]})") from e
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise ResumeError(f"{path} is not a nasref checkpoint (unreadable: {type(err).__name__})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ResumeError(f"{path} is not a nasref checkpoint (no {CHECKPOINT_FORMAT!r} format key)")
+    return ckpt
 
 
 def check_settings(saved: dict, now: dict, where) -> None:
@@ -956,7 +1083,15 @@ def check_settings(saved: dict, now: dict, where) -> None:
         raise ResumeError(f"refusing to resume {where} with other settings: {', '.join(clashes)}")
 
 
-# ------------------------------------------------------------------------------------------- TensorBoard
+# ----------------------------------------- II.4 the run object: progress, TensorBoard, non-finite stop, signals
+def set_deterministic(on: bool) -> None:
+    """Deterministic kernels (GPU runs are otherwise reproducible only up to atomics in cuDNN/cuBLAS reductions)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts; needed by CUDA >= 10.2
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+
+
 def summary_writer_class():
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -976,39 +1111,71 @@ def heatmap(matrix: torch.Tensor, cell: int = 12) -> np.ndarray:
     return np.repeat(np.repeat(rgb, cell, axis=0), cell, axis=1).astype(np.uint8)
 
 
-# ------------------------------------------------------------------------------------------- a search run
-class SearchRun(RunLogger):
-    """runs/{run_name}/ of one search: everything RunLogger does, plus per-epoch atomic checkpoints and exact
-    resumption (`--resume`), in-epoch progress, TensorBoard (`--tensorboard`), a stop on non-finite losses, and
-    Ctrl-C handling (exit 130 with the resume command; the last complete checkpoint stays).
+def _non_finite(values: dict) -> list[str]:
+    return [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
 
-    Use: build every object, then `state = {...}` (what the next epoch depends on), `for epoch in
-    range(run.restore(state), epochs + 1)`, iterate `run.steps(batches, epoch, sums)`, end each epoch with
-    `run.end_epoch(state, metrics, arch_weights)`, and the search with `run.finish(result, genotype, dot)`.
-    Under torchrun (after `init_distributed`) every rank restores the same checkpoint and checks that its
-    architecture equals every other rank's at each epoch end; rank 0 alone writes and prints; `finish` leaves the
-    process group."""
+
+class Run:
+    """runs/{run_name}/ of one job -- a search (algos/*.py) or a retraining (train_eval.py) -- and its lifecycle:
+    args.json, metrics.jsonl, an atomic checkpoint per epoch and exact resumption (`--resume`, same settings), a lock
+    against a second process on the directory, in-epoch progress with ETAs, TensorBoard (`--tensorboard`), a stop on
+    NaN / infinite losses, metrics or architecture parameters (one line; nothing non-finite written, no result), and
+    Ctrl-C / SIGTERM (preemption) ending with exit 130 / 143 and the exact resume command, the last checkpoint kept.
+
+    Use: build every object first (bad input fails before anything is written), then `run = Run(args, name)`,
+    `state = {...}` (what the next epoch depends on), `for epoch in range(run.restore(state), epochs + 1)`, iterate
+    `run.steps(batches, epoch, sums)`, end each epoch with `run.end_epoch(state, metrics, arch_weights, show)`, and
+    the job with `run.finish(result, genotype, dot)`. Under torchrun (after `init_distributed`) every rank restores
+    the same checkpoint (with its own RNG state) and checks that its architecture equals every other rank's at each
+    epoch end; rank 0 alone writes and prints; `finish` leaves the process group."""
 
     def __init__(self, args, default_name: str, argv=None):
         self.args, self.epochs = args, args.epochs
         self.settings = {**vars(args), "world_size": world_size()}  # a run resumes on as many processes
-        self.main = is_main()
-        name = args.run_name or default_name
+        self.main, self.created, self.locked, self.closed = is_main(), False, False, False
         self.tb = summary_writer_class() if args.tensorboard and self.main else None  # fails before anything is written
-        self.writer = None
-        self.created, self.argv = False, list(sys.argv[1:] if argv is None else argv)
+        self.writer, self._ckpt, self.history, self.global_step = None, None, [], 0
+        self.argv = list(sys.argv[1:] if argv is None else argv)
         set_deterministic(args.deterministic)
-        if args.resume:
-            self.path, self.start = Path(args.out_dir) / name, time.time()
-            self._ckpt = load_checkpoint(self.path / CHECKPOINT)  # refuses a missing or corrupt one
-            check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
-        elif not self.main:  # the other ranks write nothing
-            self.path, self.start, self._ckpt = Path(args.out_dir) / name, time.time(), None
-        else:
-            super().__init__(args.out_dir, name, self.settings)
-            self.created, self._ckpt = True, None
-        self.history, self.global_step = [], 0
-        self._previous_sigint = signal.signal(signal.SIGINT, self._interrupt)
+        self.path, self.start = Path(args.out_dir) / (args.run_name or default_name), time.time()
+        try:
+            if args.resume:
+                self._open_for_resume()
+            elif self.main:
+                self.path, self.created, self.locked = make_run_dir(args.out_dir, self.path.name), True, True
+                self.write_json("args.json", self.settings)
+        except DataError:
+            self._close()
+            raise
+        self._handlers = {s: signal.signal(s, self._interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _open_for_resume(self) -> None:
+        if self.main:
+            if not self.path.is_dir():
+                raise ResumeError(f"no run to resume at {self.path} (check --out-dir and --run-name)")
+            holder = claim(self.path)
+            if holder is not None:
+                raise ResumeError(f"{self.path} is in use by {holder} (a second process on one run); wait for it to "
+                                  f"end, or delete {self.path / LOCK} if that process is gone")
+            self.locked = True
+            for tmp in self.path.glob(f".{CHECKPOINT}.*tmp"):  # left by a kill during a checkpoint write
+                tmp.unlink()
+            if not (self.path / CHECKPOINT).is_file():
+                raise ResumeError(f"{self.path} holds no checkpoint: the run never finished an epoch; run the same "
+                                  f"command without --resume to start it anew in that directory")
+        self._ckpt = load_checkpoint(self.path / CHECKPOINT)
+        check_settings(self._ckpt.get("settings", {}), self.settings, self.path)
+
+    # -- files
+    def write_json(self, name: str, obj) -> None:
+        atomic_write(self.path / name, json.dumps(_finite_or_none(obj), indent=2, default=_jsonable) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.path / name, text)
+
+    def log(self, metrics: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_finite_or_none(metrics), default=_jsonable, allow_nan=False) + "\n")
 
     # -- resumption
     def restore(self, state: dict) -> int:
@@ -1020,8 +1187,9 @@ class SearchRun(RunLogger):
         try:
             restore(state, ckpt["state"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:  # load_state_dict on a different network
+            self._close()
             raise ResumeError(f"{self.path / CHECKPOINT} does not fit this run: {' '.join(str(e).split())[:200]}") from e
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"][rank()])
         self.history, self.global_step = ckpt["history"], ckpt["global_step"]
         self.start = time.time() - ckpt["elapsed"]
         if self.main:  # metrics.jsonl ends with the checkpoint's epoch: lines of an unfinished epoch are dropped
@@ -1045,25 +1213,47 @@ class SearchRun(RunLogger):
         argv += ["--out-dir", str(self.path.parent), "--run-name", self.path.name, "--resume"]
         return shlex.join(["python", sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else "ALGO.py", *argv])
 
+    # -- stopping
     def _interrupt(self, signum, frame):
-        signal.signal(signal.SIGINT, self._previous_sigint)
+        """SIGINT (Ctrl-C) and SIGTERM (what SLURM and Kubernetes send on preemption): keep the last checkpoint, say
+        how to resume, exit 128 + signal (130 / 143)."""
+        code, what = 128 + signum, "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        if self.closed:  # a run object that already ended: behave as without one
+            raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(code)
         discarded = self._discard_if_nothing_saved()
-        if not self.main:  # rank 0 says it
-            raise SystemExit(130)
-        if discarded:
-            print(f"\ninterrupted before the first epoch finished; {discarded}", file=sys.stderr, flush=True)
-        else:
-            print(f"\ninterrupted; epoch {len(self.history)} is saved. Resume with: {self.resume_command()}",
+        self._close()
+        if self.main:
+            print(f"\n{what} before the first epoch finished; nothing was kept" if discarded else
+                  f"\n{what}; epoch {len(self.history)} is saved. Resume with: {self.resume_command()}",
                   file=sys.stderr, flush=True)
-        raise SystemExit(130)
+        raise SystemExit(code)
 
     def _discard_if_nothing_saved(self) -> str:
-        """A run stopped before its first checkpoint leaves no half-made directory behind."""
+        """A new run stopped before its first checkpoint leaves no half-made directory behind."""
         if (self.path / CHECKPOINT).is_file():
             return ""
         if self.created:
             shutil.rmtree(self.path, ignore_errors=True)
+            self.locked = False
         return "nothing was kept"
+
+    def _stop_non_finite(self, what: str, flag: str):
+        kept = self._discard_if_nothing_saved() or f"{self.path} holds epoch {len(self.history)} intact"
+        self._close()
+        raise NonFiniteLoss(f"non-finite {what}; lower the learning rate ({flag}); {kept}")
+
+    def _close(self) -> None:
+        """Ends this object's hold: signal handlers back, TensorBoard closed, the directory's lock released."""
+        if self.closed:
+            return
+        self.closed = True
+        for sig, handler in getattr(self, "_handlers", {}).items():
+            if signal.getsignal(sig) == self._interrupt:
+                signal.signal(sig, handler)
+        if self.writer is not None:
+            self.writer.close()
+        if self.locked:
+            release(self.path)
 
     # -- during an epoch
     def steps(self, batches, epoch: int, sums: dict):
@@ -1076,10 +1266,8 @@ class SearchRun(RunLogger):
             yield batch
             bad = [k for k, v in sums.items() if not math.isfinite(v)]
             if bad:
-                flag = "--arch-lr" if bad[0].startswith("arch") else "--lr"
-                kept = self._discard_if_nothing_saved() or f"{self.path} holds epoch {len(self.history)} intact"
-                raise NonFiniteLoss(f"non-finite {bad[0]} at epoch {epoch} step {i}/{n}; lower the learning rate "
-                                    f"({flag}); {kept}")
+                self._stop_non_finite(f"{bad[0]} at epoch {epoch} step {i}/{n}",
+                                      "--arch-lr" if bad[0].startswith("arch") else "--lr")
             self.global_step += 1
             if self.writer is not None and self.global_step % self.args.log_every == 0:
                 for k, v in sums.items():
@@ -1098,18 +1286,23 @@ class SearchRun(RunLogger):
                 elif i < n:
                     print(line, flush=True)
 
-    # -- end of an epoch / the search
-    def end_epoch(self, state: dict, metrics: dict, arch_weights: dict | None = None) -> None:
-        """Checkpoint (state, RNGs, metrics so far), metrics.jsonl line, TensorBoard, progress line. Under torchrun:
-        raises unless `arch_weights` are the same on every rank; float metrics are averaged over the ranks."""
+    # -- end of an epoch / the job
+    def end_epoch(self, state: dict, metrics: dict, arch_weights: dict | None = None, show=()) -> None:
+        """Checkpoint (state, every rank's RNGs, metrics so far), metrics.jsonl line, TensorBoard, and a progress line
+        with the metrics named in `show`. Stops (NonFiniteLoss) on a non-finite float metric or architecture weight.
+        Under torchrun: raises unless `arch_weights` are the same on every rank; float metrics are averaged."""
         check_same_across_ranks(list((arch_weights or {}).values()), "the architecture")
-        metrics = _finite_or_none(mean_over_ranks(metrics))
+        metrics, epoch = mean_over_ranks(metrics), metrics["epoch"]
+        bad = _non_finite(metrics) or [f"architecture weights ({g})" for g, w in (arch_weights or {}).items()
+                                       if not torch.isfinite(w).all()]
+        if bad:
+            self._stop_non_finite(f"{bad[0]} at the end of epoch {epoch}", "--arch-lr" if "arch" in bad[0] else "--lr")
+        rngs = gather_objects(rng_state())
         if not self.main:
             return
         self.history.append(metrics)
-        epoch = metrics["epoch"]
         save_checkpoint(self.path / CHECKPOINT, {
-            "epoch": epoch, "state": capture(state), "rng": rng_state(), "history": self.history,
+            "epoch": epoch, "state": capture(state), "rng": rngs, "history": self.history,
             "global_step": self.global_step, "elapsed": time.time() - self.start, "settings": self.settings})
         self.log(metrics)
         if self.writer is not None:
@@ -1121,29 +1314,34 @@ class SearchRun(RunLogger):
             if "genotype" in metrics:
                 self.writer.add_text("genotype", str(metrics["genotype"]), epoch)
             self.writer.flush()
-        keys = [k for k in ("train_loss", "train_acc", "arch_acc", "valid_acc", "tau", "entropy_normal", "entropy_ops",
-                            "theta_convergence", "delta", "abar_changes", "wiped_normal", "wiped_reduce", "oracle_test",
-                            "oracle_c10_test_200") if k in metrics]
-        self.progress(epoch, self.epochs, metrics, tuple(keys))
+        per_epoch = (time.time() - self.start) / max(epoch, 1)
+        eta = datetime.timedelta(seconds=round(per_epoch * max(self.epochs - epoch, 0)))
+        shown = [f"{k} {_fmt(metrics[k])}" for k in show if k in metrics]
+        print(" | ".join([f"epoch {epoch}/{self.epochs}", *shown, f"{per_epoch:.1f}s/epoch", f"ETA {eta}"]), flush=True)
 
-    def finish(self, result: dict, genotype, dot: str) -> dict:
+    def finish(self, result: dict, genotype, dot: str | None, result_file: str = "genotype.json") -> dict:
+        """Writes `result` (genotype.json for a search, summary.json for a retraining) and the cell picture; stops
+        instead (NonFiniteLoss) when a float of `result` is not finite."""
         barrier_and_destroy()  # torchrun: the ranks leave together; only rank 0 goes on to write
+        bad = _non_finite(result)
+        if bad:
+            self._stop_non_finite(f"{bad[0]} after the last epoch", "--lr")
         if not self.main:
+            self._close()
             return result
-        self.write_json("genotype.json", _finite_or_none(result))
-        self.write_text("cell.dot", dot)
+        self.write_json(result_file, result)
+        if dot is not None:
+            self.write_text("cell.dot", dot)
         if self.writer is not None:
             self.writer.add_text("final_genotype", str(genotype))
-            self.writer.close()
-        signal.signal(signal.SIGINT, self._previous_sigint)
+        self._close()
         print(f"genotype: {genotype}\nresults in {self.path}", flush=True)
         return {**result, "run_dir": str(self.path)}
 
     def _open_tb(self) -> None:
         self.writer = self.tb(str(self.path / "tb")) if self.tb is not None else None
 
-
-# ------------------------------------------------------------------------------------------ distributed
+# ------------------------------------------------------------------------------------- II.5 torchrun helpers
 class DistributedError(DataError):
     """torchrun is not supported by a script, or ranks that must agree do not (a DataError: every script's error
     handler prints it as one line)."""
@@ -1251,6 +1449,15 @@ def mean_over_ranks(metrics: dict) -> dict:
     return {**metrics, **dict(zip(keys, t.tolist()))}
 
 
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (all_gather_object); [obj] in one process."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def check_same_across_ranks(tensors, what: str) -> None:
     """Raise DistributedError unless every rank holds the same values. Compares a float64 checksum (sum, position-
     weighted sum, count of non-finite entries) by one all-reduce of its max and -min; no-op in one process."""
@@ -1269,111 +1476,31 @@ def check_same_across_ranks(tensors, what: str) -> None:
         raise DistributedError(f"{what} differs across the {world_size()} ranks (checksum spread {spread:.3g}); "
                                f"the ranks no longer run one search")
 
-
-def cosine_schedule(opt: torch.optim.Optimizer, epochs: int, lr_min: float = 0.0, warmup_epochs: int = 0):
-    """Per-epoch scheduler (step it once per epoch): cosine from the optimizer's lr to lr_min over `epochs` (the
-    closed form of CosineAnnealingLR), except that the first `warmup_epochs` epochs (0-based e < W) run at
-    lr x (e + 1) / W (PC-DARTS' ImageNet search warms up this way for batches > 256)."""
-    base = opt.param_groups[0]["lr"]
-
-    def factor(e: int) -> float:
-        if e < warmup_epochs:
-            return (e + 1) / warmup_epochs
-        return (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * e / epochs))) / base
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
-# ------------------------------------------------------------------------------------------ ImageNet search
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGENET_SUBSET_SEED = 0  # the per-class subsets do not change with a search's --seed
-
-
-def per_class_subsets(targets, fractions=(0.1, 0.025), seed: int = IMAGENET_SUBSET_SEED) -> tuple[np.ndarray, ...]:
-    """Disjoint per-class random subsets of a labelled set (PC-DARTS' ImageNet search: 10% of every class for the
-    weights, 2.5% for the architecture). For each class in label order, the class's indices are permuted by one
-    numpy Generator(seed) and cut into the first max(1, round(f0 * n_c)), the next max(1, round(f1 * n_c)), ...
-    Returns sorted int64 index arrays, one per fraction."""
-    targets = np.asarray(targets, dtype=np.int64)
-    if not fractions or any(f <= 0 for f in fractions) or sum(fractions) > 1:
-        raise DataError(f"subset fractions {tuple(fractions)} must be > 0 and sum to at most 1")
-    rng = np.random.default_rng(seed)
-    order = np.argsort(targets, kind="stable")
-    classes, starts, counts = np.unique(targets[order], return_index=True, return_counts=True)
-    out = [[] for _ in fractions]
-    for c, start, n in zip(classes, starts, counts):
-        sizes = [max(1, int(round(f * n))) for f in fractions]
-        if sum(sizes) > n:
-            raise DataError(f"class {c} has {n} images, too few for one image in each of {len(fractions)} subsets")
-        perm = rng.permutation(order[start:start + n])
-        cuts = np.cumsum([0, *sizes])
-        for k in range(len(fractions)):
-            out[k].append(perm[cuts[k]:cuts[k + 1]])
-    return tuple(np.sort(np.concatenate(parts)) for parts in out)
+# -------------------------------------------------------------------------------------------- II.6 evaluation
+@torch.no_grad()
+def evaluate(model, loader, augment, device, *arch) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model(x, *arch)` over `loader` in eval mode (train mode afterwards).
+    Tensors in weight dicts of `arch` are detached, so the supernet skips their zero entries as in a weight step."""
+    model.eval()
+    arch = tuple({g: w.detach() if torch.is_tensor(w) else w for g, w in a.items()} if isinstance(a, dict) else a
+                 for a in arch)
+    loss, correct, n = 0.0, 0, 0
+    for x, y in loader:
+        x, y = augment(x.to(device)), y.to(device)
+        logits = model(x, *arch)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train()
+    return loss / n, correct / n
 
 
-def read_subset_file(path, samples: list, root) -> np.ndarray:
-    """Indices of the images listed in a text file, one path per line relative to the ImageFolder root (e.g.
-    `n01440764/n01440764_10026.JPEG`), into `samples` (ImageFolder.samples)."""
+# -------------------------------------------------------------------------------- II.7 the command-line entry
+def cli(main) -> None:
+    """Run a search script's main(); bad input ends with one `error: ...` line and a non-zero exit."""
+    import spaces  # imported here: spaces does not depend on data
     try:
-        lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
-    except FileNotFoundError as e:
-        raise DataError(f"subset file not found: {path}") from e
-    where = {Path(p).relative_to(root).as_posix(): i for i, (p, _) in enumerate(samples)}
-    missing = [ln for ln in lines if ln not in where]
-    if missing or not lines:
-        raise DataError(f"{path}: {len(missing)} of {len(lines)} listed images are not in {root} (first: "
-                        f"{missing[0] if missing else 'the file is empty'})")
-    return np.asarray(sorted(where[ln] for ln in lines), dtype=np.int64)
+        main()
+    except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
+        raise SystemExit(f"error: {err}") from None
 
-
-class FolderImages(Dataset):
-    """Some images of an ImageFolder (`samples`: (path, label) pairs) through a transform; picklable for workers."""
-
-    def __init__(self, samples: list, transform):
-        self.samples, self.transform = samples, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int):
-        from torchvision.datasets.folder import default_loader  # torchvision: only the ImageFolder path needs it
-        path, label = self.samples[i]
-        return self.transform(default_loader(path)), label
-
-
-def imagenet_search_loaders(data_dir: str, batch_size: int, seed: int, workers: int = 8, rank: int = 0,
-                            world: int = 1, fractions=(0.1, 0.025), subset_files=None, image_size: int = 224,
-                            pin_memory: bool = False) -> tuple[PairedBatches, DataLoader, DataInfo]:
-    """PC-DARTS' ImageNet search data, same return shape as `search_loaders`: paired (weight, arch) batches from two
-    disjoint per-class subsets of DATA_DIR/train (an ImageFolder; `per_class_subsets`, or two `subset_files`), each
-    with RandomResizedCrop(image_size) + horizontal flip, served as uint8 NCHW by `workers` processes per loader
-    (Augment normalises them on the device); batch_size is per rank; and a loader over the architecture subset with
-    Resize(256/224 x size) + CenterCrop(size) for the supernet's final evaluation."""
-    from torchvision import datasets, transforms  # only the ImageFolder path needs it
-
-    root = Path(data_dir) / "train"
-    if not root.is_dir():
-        raise DataError(f"--dataset imagenet needs an ImageFolder directory {root} (one sub-directory per class)")
-    folder = datasets.ImageFolder(root)
-    if subset_files is not None:
-        w_idx, a_idx = (read_subset_file(f, folder.samples, root) for f in subset_files)
-        if np.intersect1d(w_idx, a_idx).size:
-            raise DataError(f"subset files {subset_files[0]} and {subset_files[1]} share images")
-    else:
-        w_idx, a_idx = per_class_subsets(folder.targets, fractions)
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(),
-                                   transforms.PILToTensor()])
-    eval_tf = transforms.Compose([transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size),
-                                  transforms.PILToTensor()])
-    pick = lambda idx: [folder.samples[i] for i in idx]  # noqa: E731
-
-    def loader(ds, sampler, stream):  # workers of each rank and loader get their own seeds for the random crops
-        return DataLoader(ds, batch_size, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
-                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed + 1000 * stream))
-
-    weights = loader(FolderImages(pick(w_idx), train_tf), SeededSampler(len(w_idx), seed, rank=rank, world_size=world), 2 * rank)
-    arch = loader(FolderImages(pick(a_idx), train_tf), SeededSampler(len(a_idx), seed + 1, rank=rank, world_size=world), 2 * rank + 1)
-    test = loader(FolderImages(pick(a_idx), eval_tf), None, 2 * world)
-    info = DataInfo("imagenet", len(folder.classes), image_size, IMAGENET_MEAN, IMAGENET_STD, 0, loader_augments=True)
-    return PairedBatches(weights, arch), test, info

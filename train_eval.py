@@ -7,7 +7,7 @@ the dataset. Any image size of >= 8 px works (the DARTS auxiliary head pools to 
 
 Protocols (defaults = the papers'; every default can be overridden by its flag):
   darts-cifar     DARTS evaluation network (NetworkCIFAR), C=36, 20 cells, auxiliary head weight 0.4, drop path 0.3
-                  (ramped linearly from 0), cutout 16, 600 epochs, batch 128, SGD lr 0.025 cosine to 0 (per epoch),
+                  (ramped linearly from 0), cutout 16, 600 epochs, batch 96, SGD lr 0.025 cosine to 0 (per epoch),
                   momentum 0.9, wd 3e-4, grad clip 5 -- the PC-DARTS / GAEA routine (DARTS itself: batch 96, drop
                   path 0.2). Reports parameters without the auxiliary head and the final test error.
   darts-imagenet  `--dataset imagenet --data-dir DIR` (ImageFolder DIR/train, DIR/val): DARTS NetworkImageNet, mobile
@@ -35,11 +35,13 @@ NAS-Bench-201 cell with the benchmark's figure beside it:
 CPU quick start on the real CIFAR-10 subset:
     python train_eval.py --genotype DARTS_V2 --dataset ../shared/data/images/cifar10_partial.npz --C 16 --layers 8 \\
         --batch-size 64 --train-subset 1024 --epochs 2 --device cpu
-Resume a killed run (same result as an uninterrupted one on CPU; other flags are taken from the run):
-    python train_eval.py --resume runs/<run>
+Resume a killed, preempted (SIGTERM) or Ctrl-C'd run: the same command plus --resume (the line printed when it
+stopped; on CPU the result equals an uninterrupted run's):
+    python train_eval.py --genotype DARTS_V2 --resume
 
 Outputs in runs/{run_name}/: args.json (resolved), metrics.jsonl (one line per epoch), checkpoint.pt (every epoch,
-written atomically), summary.json (parameters, final test accuracy / error, benchmark figure). Under torchrun every
+written atomically), summary.json (parameters, final test accuracy / error, benchmark figure), cell.dot; the run
+lifecycle is the searches' (data.Run: resume, lock, progress, --tensorboard, the non-finite stop). Under torchrun every
 rank trains on its DistributedSampler shard (--batch-size is the global batch) and only rank 0 writes.
 """
 from __future__ import annotations
@@ -66,8 +68,9 @@ import data  # noqa: E402
 import spaces  # noqa: E402
 
 PROTOCOLS = {  # per protocol: network size, optimiser, schedule and regularisers (see the header)
-    # DEVIATION: batch 128 and drop path 0.3 are the PC-DARTS / GAEA routine; DARTS' train.py uses 96 and 0.2.
-    "darts-cifar": dict(C=36, layers=20, epochs=600, batch_size=128, lr=0.025, lr_min=0.0, momentum=0.9, wd=3e-4,
+    # DEVIATION: drop path 0.3 (GAEA's README, PC-DARTS' train.py) instead of DARTS' train.py 0.2 — the protocol of the
+    # GAEA / PC-DARTS tables this repository reproduces; batch 96 is all three's.
+    "darts-cifar": dict(C=36, layers=20, epochs=600, batch_size=96, lr=0.025, lr_min=0.0, momentum=0.9, wd=3e-4,
                         grad_clip=5.0, auxiliary_weight=0.4, drop_path=0.3, cutout=16, label_smoothing=0.0,
                         warmup_epochs=0, optimizer="sgd", schedule="cosine-epoch"),
     "darts-imagenet": dict(C=48, layers=14, epochs=250, batch_size=1024, lr=0.5, lr_min=0.0, momentum=0.9, wd=3e-5,
@@ -84,12 +87,6 @@ PROTOCOLS = {  # per protocol: network size, optimiser, schedule and regulariser
                   warmup_epochs=0, optimizer="rmsprop-tf", schedule="cosine-step"),
 }
 COMMON = dict(dataset="cifar10", data_dir="./data", train_subset=0, seed=0, device="auto", out_dir="runs", amp=False)
-# may differ between a run and its resumption; everything else must match
-RESUMABLE_CHANGES = {"genotype", "device", "amp", "out_dir", "run_name", "resume", "data_dir", "workers"}
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-ResumeError = data.ResumeError  # one error for every refused resume, searches and retraining alike
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -124,10 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", type=data.device_name, default=None, help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--out-dir", type=data.out_dir, default=None, help="results go to OUT_DIR/RUN_NAME/ (default runs)")
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: eval_{space}_{genotype}_{dataset}_s{seed}")
-    p.add_argument("--resume", default=None, help="run directory to continue from its checkpoint.pt")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
-    if args.genotype is None and args.resume is None:
-        p.error("--genotype is required (or --resume RUN_DIR)")
+    if args.genotype is None:
+        p.error("--genotype is required")
     return args
 
 
@@ -181,23 +178,6 @@ def resolve(args: argparse.Namespace, genotype) -> argparse.Namespace:
         raise spaces.SpaceError(f"--epochs {args.epochs}: the darts-imagenet schedule decays over epochs - 5, so it "
                                 f"needs > 5 epochs")
     return args
-
-
-def merge_resumed(args: argparse.Namespace, ckpt: dict):
-    """Flags not given now come from the run being resumed; given ones must match it (except RESUMABLE_CHANGES)."""
-    saved = ckpt["args"]
-    genotype = spaces.genotype_from_json(ckpt["genotype"])
-    if args.genotype is not None and read_genotype(args.genotype).to_json() != ckpt["genotype"]:
-        raise ResumeError(f"refusing to resume {args.resume}: it trains a different genotype ({genotype})")
-    clashes = [f"--{k.replace('_', '-')} {getattr(args, k)} (run: {v})" for k, v in saved.items()
-               if k not in RESUMABLE_CHANGES and hasattr(args, k) and getattr(args, k) is not None
-               and getattr(args, k) != v]
-    if clashes:
-        raise ResumeError(f"refusing to resume {args.resume} with different settings: {', '.join(clashes)}")
-    for k, v in saved.items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
-    return args, genotype
 
 
 # ----------------------------------------------------------------------------------------------- network
@@ -270,94 +250,53 @@ def lr_factor(step: int, steps_per_epoch: int, args) -> float:
 
 
 # -------------------------------------------------------------------------------------------------- data
-class ImageFolderInfo:
-    def __init__(self, name, num_classes, image_size, channels=3):
-        self.name, self.num_classes, self.image_size, self.channels = name, num_classes, image_size, channels
-
-
 def load_data(args, rank: int, world: int):
-    """(train dataset, test dataset, info, per-batch input transform for train / test, shuffling generator)."""
+    """(train dataset, test dataset, DataInfo, (train, test) batch transforms, augmentation generator). Datasets
+    serve uint8 NCHW images; `data.Augment` crops / flips / cutouts (arrays) and normalises on the device. The
+    generator is seeded alike on every rank and draws for the global batch (Augment's `shard`), so it resumes exactly."""
+    gen = torch.Generator().manual_seed(args.seed)
     if args.dataset == "imagenet":
         from torchvision import datasets, transforms  # only the ImageFolder path needs it
         root = Path(args.data_dir)
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             raise data.DataError(f"--dataset imagenet needs ImageFolder directories {root}/train and {root}/val")
-        norm = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        train = datasets.ImageFolder(root / "train", transforms.Compose([
-            transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-            transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
-            transforms.ToTensor(), norm]))
-        test = datasets.ImageFolder(root / "val", transforms.Compose([
-            transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), norm]))
-        if test.classes != train.classes:
+        train_dir, test_dir = datasets.ImageFolder(root / "train"), datasets.ImageFolder(root / "val")
+        if test_dir.classes != train_dir.classes:
             raise data.DataError(f"{root}/val has other classes than {root}/train")
-        info = ImageFolderInfo("imagenet", len(train.classes), 224)
-        if args.train_subset > len(train):
-            raise data.DataError(f"--train-subset {args.train_subset} is larger than {root}/train ({len(train)} images)")
+        if args.train_subset > len(train_dir):
+            raise data.DataError(f"--train-subset {args.train_subset} is larger than {root}/train ({len(train_dir)} images)")
+        samples = train_dir.samples
         if args.train_subset:  # evenly spaced, so every class keeps its share
-            idx = np.linspace(0, len(train) - 1, args.train_subset).astype(int).tolist()
-            train = torch.utils.data.Subset(train, idx)
-        test = torch.utils.data.Subset(test, list(range(rank, len(test), world)))
-        return train, test, info, None, None
-    arrays, info = data.load_arrays(args.dataset, args.data_dir)
-    x, y = data.take_subset(arrays["x_train"], arrays["y_train"], args.train_subset)
-    gen = torch.Generator().manual_seed(args.seed + 1000 * rank)
-    augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen)
-    train = data.ArrayDataset(x, y)
-    test = data.ArrayDataset(arrays["x_test"][rank::world], arrays["y_test"][rank::world])  # exact shards
+            samples = [samples[i] for i in np.linspace(0, len(samples) - 1, args.train_subset).astype(int)]
+        train = data.FolderImages(samples, transforms.Compose([
+            transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2), transforms.PILToTensor()]))
+        test = data.FolderImages(test_dir.samples[rank::world], transforms.Compose([
+            transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()]))
+        info = data.DataInfo("imagenet", len(train_dir.classes), 224, data.IMAGENET_MEAN, data.IMAGENET_STD, 0,
+                             loader_augments=True)
+    else:
+        arrays, info = data.load_arrays(args.dataset, args.data_dir)
+        train = data.ArrayDataset(*data.take_subset(arrays["x_train"], arrays["y_train"], args.train_subset))
+        test = data.ArrayDataset(arrays["x_test"][rank::world], arrays["y_test"][rank::world])  # exact shards
+    augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen, shard=(rank, world))
     return train, test, info, (augment, data.Augment(info, train=False)), gen
 
 
 def make_loaders(args, train, test, rank, world, device):
+    """Train loader: one process, the resumable SeededSampler; torchrun, DistributedSampler (a pass per epoch from
+    seed + epoch, so it needs no state). ImageFolder data is decoded by --workers processes."""
     per_rank = args.batch_size // world
-    sampler = None
     n_rank = math.ceil(len(train) / world)
     drop_last = n_rank % per_rank == 1  # a lone last sample would break BN on the 1x1 maps of the auxiliary head
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(train, world, rank, shuffle=True, seed=args.seed)
-    if args.dataset == "imagenet":
-        if sampler is None:
-            sampler = torch.utils.data.RandomSampler(train, generator=torch.Generator().manual_seed(args.seed))
-        kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda", persistent_workers=False)
-        return (torch.utils.data.DataLoader(train, per_rank, sampler=sampler, drop_last=drop_last, **kw),
-                torch.utils.data.DataLoader(test, per_rank, shuffle=False, **kw))
-    train_loader = data.make_loader(train, per_rank, shuffle=True, seed=args.seed, drop_last=drop_last, sampler=sampler)
-    return train_loader, data.make_loader(test, per_rank, shuffle=False, seed=args.seed)
-
-
-# ----------------------------------------------------------------------------------------- checkpointing
-def rng_state(augment_gen, sampler) -> dict:
-    gen = getattr(sampler, "generator", None)
-    return {**data.rng_state(), "augment": augment_gen.get_state() if augment_gen is not None else None,
-            "sampler": gen.get_state() if gen is not None else None}
-
-
-def set_rng_state(state: dict, augment_gen, sampler) -> None:
-    data.set_rng_state(state)
-    if augment_gen is not None:
-        augment_gen.set_state(state["augment"])
-    if getattr(sampler, "generator", None) is not None:
-        sampler.generator.set_state(state["sampler"])
-
-
-CHECKPOINT_KEYS = {"epoch", "genotype", "args", "model", "optimizer", "scheduler", "rng", "history", "elapsed",
-                   "world_size"}
-
-
-def load_checkpoint(run_dir: str) -> dict:
-    path = Path(run_dir) / data.CHECKPOINT
-    ckpt = data.load_checkpoint(path)  # missing, torn or foreign: one error line
-    if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
-        raise ResumeError(f"{path} is not a train_eval.py checkpoint (missing its keys)")
-    return ckpt
-
-
-class ResumedRun(data.RunLogger):
-    """An existing run directory, continued (RunLogger itself always starts a new one)."""
-
-    def __init__(self, path: str, elapsed: float, history: list):
-        self.path, self.start = Path(path), time.time() - elapsed
-        self.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in history))  # drop epochs past the checkpoint
+    sampler = (torch.utils.data.DistributedSampler(train, world, rank, shuffle=True, seed=args.seed) if world > 1
+               else data.SeededSampler(len(train), args.seed))
+    if args.dataset != "imagenet":  # arrays: whole batches from memory, no workers
+        return (data.make_loader(train, per_rank, True, args.seed, drop_last, sampler=sampler),
+                data.make_loader(test, per_rank, False, args.seed))
+    kw = dict(num_workers=args.workers, pin_memory=device.type == "cuda")
+    return (torch.utils.data.DataLoader(train, per_rank, sampler=sampler, drop_last=drop_last, **kw),
+            torch.utils.data.DataLoader(test, per_rank, shuffle=False, **kw))
 
 
 # -------------------------------------------------------------------------------------------- train/eval
@@ -368,10 +307,12 @@ def reduce_sum(values: list, device, world: int) -> list:
     return t.tolist()
 
 
-def train_epoch(model, net, loader, prep, opt, sched, args, device, world) -> dict:
+def train_epoch(model, net, run, loader, epoch, prep, opt, sched, args, device) -> dict:
+    """One epoch through `run.steps` (progress, the non-finite stop). Metrics are means over this rank's steps
+    (data.Run averages them over the ranks)."""
     model.train()
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss * n, correct, n (kept on device: no syncs)
-    for x, y in loader:
+    sums = {"train_loss": 0.0, "train_acc": 0.0}
+    for x, y in run.steps(loader, epoch, sums):
         x, y = prep(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
             logits, aux = forward(model, x)
@@ -384,12 +325,9 @@ def train_epoch(model, net, loader, prep, opt, sched, args, device, world) -> di
             nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
         opt.step()
         sched.step()
-        with torch.no_grad():
-            sums[0] += loss.detach().double() * len(y)
-            sums[1] += (logits.argmax(1) == y).sum()
-            sums[2] += len(y)
-    loss_sum, correct, n = reduce_sum(sums.tolist(), device, world)
-    return {"train_loss": loss_sum / n, "train_acc": correct / n}
+        step_loss, step_acc = torch.stack([loss.detach().float(), (logits.argmax(1) == y).float().mean()]).tolist()
+        sums["train_loss"], sums["train_acc"] = sums["train_loss"] + step_loss, sums["train_acc"] + step_acc
+    return {k: v / len(loader) for k, v in sums.items()}
 
 
 @torch.no_grad()
@@ -417,15 +355,6 @@ def sync_buffers(net, world):
             dist.broadcast(b, 0)
 
 
-def benchmark_figures(table: dict, genotype, dataset: str) -> dict:
-    row = table.get(str(genotype), {})
-    name = Path(dataset).name.lower()
-    prefix = "c100" if "cifar100" in name else "c10" if "cifar10" in name else "in16" if "imagenet16" in name else ""
-    # the column's dataset is the part before the first "_": "c10" must not match "c100_test_200"
-    return {k: v for k, v in row.items() if k.endswith("_test_200") and k.split("_")[0] == (prefix or k.split("_")[0])
-            and not k.startswith("nats")}
-
-
 def genotype_tag(text: str, genotype) -> str:
     """Run-name part: the published name, the search run's directory, or a short hash of the genotype."""
     if text in spaces.PUBLISHED:
@@ -439,26 +368,15 @@ def genotype_tag(text: str, genotype) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    ckpt = None
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
-        args, genotype = merge_resumed(args, ckpt)
-    else:
-        genotype = read_genotype(args.genotype)
+    genotype = read_genotype(args.genotype)
     args = resolve(args, genotype)
     rank, world, device = data.init_distributed(args.device)
-    result = run(args, genotype, ckpt, rank, world, device)
-    data.barrier_and_destroy()
-    return result
-
-
-def run(args, genotype, ckpt, rank, world, device) -> dict:
     # everything that can fail on bad input happens before the run directory exists
     data.per_rank_batch(args.batch_size, world)  # raises unless the global batch splits over the ranks
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    train, test, info, preps, aug_gen = load_data(args, rank, world)
+    train, test, info, (train_prep, test_prep), aug_gen = load_data(args, rank, world)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     train_loader, test_loader = make_loaders(args, train, test, rank, world, device)
     if len(train_loader) == 0:
@@ -466,81 +384,52 @@ def run(args, genotype, ckpt, rank, world, device) -> dict:
     net = build_network(genotype, args, info.num_classes, info.channels).to(device)
     n_params = spaces.count_parameters(net)
     opt = make_optimizer(args, net.parameters())
-    steps = len(train_loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, args))
+    steps_per_epoch = len(train_loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps_per_epoch, args))
     model = data.wrap_ddp(net, device)
-    train_prep, test_prep = (preps[0], preps[1]) if preps else (lambda x: x, lambda x: x)
-    torch.manual_seed(args.seed + 1000 * rank)  # per-rank stream for drop path (and ImageFolder workers)
-    if device.type == "cuda":
+    torch.manual_seed(args.seed + 1000 * rank)  # per-rank stream for drop path (data.Run saves every rank's)
+    if device.type == "cuda" and not args.deterministic:
         torch.backends.cudnn.benchmark = True
 
-    start_epoch, history = 1, []
-    if ckpt is not None:
-        if ckpt["world_size"] != world:
-            raise ResumeError(f"{args.resume} ran on {ckpt['world_size']} processes; resume it on the same number")
-        net.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"][rank], aug_gen, train_loader.sampler)
-        start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
-    log = None
-    if rank == 0:
-        if ckpt is not None:
-            log = ResumedRun(args.resume, ckpt["elapsed"], history)
-        else:
-            name = args.run_name or f"eval_{genotype_tag(args.genotype, genotype)}_{Path(args.dataset).stem}_s{args.seed}"
-            log = data.RunLogger(args.out_dir, name, vars(args))
-            log.write_text("cell.dot", spaces.genotype_to_dot(genotype))
+    name = f"eval_{genotype_tag(args.genotype, genotype)}_{Path(args.dataset).stem}_s{args.seed}"
+    run = data.Run(args, name, argv)
+    # everything the next epoch depends on (checkpointed each epoch; data.py adds every rank's global RNGs)
+    state = {"model": net, "opt": opt, "sched": sched, "augment_gen": aug_gen}
+    if isinstance(train_loader.sampler, data.SeededSampler):
+        state["data_order"] = train_loader.sampler
+    if run.main:
         print(f"{args.protocol}: {genotype}\nparameters (without auxiliary head): {n_params:,} | "
               f"{len(train)} training images, {world} process(es) on {device}", flush=True)
-
-    metrics = history[-1] if history else {}
-    for epoch in range(start_epoch, args.epochs + 1):
+    metrics = {}
+    for epoch in range(run.restore(state), args.epochs + 1):
         t0 = time.time()
         if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
         # ALGO LOGIC: drop path ramps linearly from 0 (DARTS: p * epoch / epochs, epoch counted from 0)
         net.drop_path_prob = args.drop_path * (epoch - 1) / args.epochs
-        lr = opt.param_groups[0]["lr"]
-        metrics = {"epoch": epoch, "lr": lr, **train_epoch(model, net, train_loader, train_prep, opt, sched, args,
-                                                           device, world)}
+        metrics = {"epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                   **train_epoch(model, net, run, train_loader, epoch, train_prep, opt, sched, args, device)}
         sync_buffers(net, world)
         metrics.update(evaluate(net, test_loader, test_prep, args, device, world))
         metrics["epoch_time_s"] = time.time() - t0
-        history.append(metrics)
-        states = [None] * world
-        if world > 1:
-            dist.all_gather_object(states, rng_state(aug_gen, train_loader.sampler))
-        else:
-            states = [rng_state(aug_gen, train_loader.sampler)]
-        if rank == 0:
-            log.log(metrics)
-            data.save_checkpoint(log.path / "checkpoint.pt", {
-                "epoch": epoch, "genotype": genotype.to_json(), "args": vars(args), "model": net.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": states, "history": history,
-                "elapsed": time.time() - log.start, "world_size": world})
-            log.progress(epoch, args.epochs, metrics, ("train_loss", "train_acc", "test_acc", "lr"))
+        run.end_epoch(state, metrics, show=("train_loss", "train_acc", "test_acc", "lr"))
+    metrics = run.history[-1] if run.history else metrics  # a resumed finished run: the saved last epoch
 
     result = {"protocol": args.protocol, "genotype": genotype.to_json(), "genotype_str": str(genotype),
               "params": n_params, "epochs": args.epochs, "test_acc": metrics["test_acc"],
-              "test_error": 1 - metrics["test_acc"], "test_top5": metrics["test_top5"], "test_loss": metrics["test_loss"]}
+              "test_error": 1 - metrics["test_acc"], "test_top5": metrics["test_top5"], "test_loss": metrics["test_loss"],
+              "train_time_s": time.time() - run.start}
     if table is not None:
-        result["benchmark"] = benchmark_figures(table, genotype, args.dataset)
-    if rank != 0:
-        return result
-    result["train_time_s"] = time.time() - log.start
-    log.write_json("summary.json", result)
-    print(f"params {n_params / 1e6:.3f}M | test accuracy {100 * result['test_acc']:.2f}% "
-          f"(error {100 * result['test_error']:.2f}%)", flush=True)
-    if table is not None:
-        shown = ", ".join(f"{k} {v:.2f}%" for k, v in result["benchmark"].items()) or "cell not in the table"
-        print(f"NB201 benchmark (200 epochs, mean over seeds): {shown} | this run: {100 * result['test_acc']:.2f}%")
-    print(f"results in {log.path}", flush=True)
-    return {**result, "run_dir": str(log.path)}
+        result["benchmark"] = data.oracle_metrics(table, genotype, args.dataset)
+    if run.main:
+        print(f"params {n_params / 1e6:.3f}M | test accuracy {100 * result['test_acc']:.2f}% "
+              f"(error {100 * result['test_error']:.2f}%)", flush=True)
+        if table is not None:
+            shown = ", ".join(f"{k} {v:.2f}%" for k, v in result["benchmark"].items() if "test" in k)
+            print(f"NB201 benchmark (mean over seeds): {shown or 'cell not in the table'} | this run: "
+                  f"{100 * result['test_acc']:.2f}%", flush=True)
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype), result_file="summary.json")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, spaces.SpaceError, spaces.GenotypeError) as err:  # ResumeError is a DataError
-        sys.exit(f"error: {err}")
+    data.cli(main)

@@ -320,7 +320,7 @@ def main(argv=None) -> dict:
     gen, arch_gen = torch.Generator().manual_seed(args.seed), torch.Generator().manual_seed(args.seed + 1)
     augment, test_augment = data.Augment(info, train=True, cutout=args.cutout, generator=gen), data.Augment(info, train=False)
 
-    run = data.SearchRun(args, f"asng_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.Run(args, f"asng_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "asng": vars(asng), "opt": opt, "sched": sched, "augment_gen": gen,
              "sample_gen": arch_gen, "data_order": paired}
@@ -343,7 +343,8 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(asng, variables).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        run.end_epoch(state, metrics, {"theta": asng.theta})
+        run.end_epoch(state, metrics, {"theta": asng.theta},
+                      show=("train_loss", "train_acc", "theta_convergence", "delta", "oracle_test"))
 
     mode = asng.mode()
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, variables.decode(mode))

@@ -222,7 +222,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
-    run = data.SearchRun(args, f"darts{'2' if args.unrolled else ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.Run(args, f"darts{'2' if args.unrolled else ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "alphas": alphas, "opt": opt, "sched": sched, "arch_opt": arch_opt,
              "augment_gen": gen, "data_order": paired}
@@ -248,7 +248,8 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(mixture_weights(alphas)).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        run.end_epoch(state, metrics, mixture_weights(alphas))
+        run.end_epoch(state, metrics, mixture_weights(alphas),
+                      show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_test"))
 
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(alphas))
     genotype = derive_genotype(space, alphas)

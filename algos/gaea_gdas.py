@@ -294,7 +294,7 @@ def main(argv=None) -> dict:
     augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
 
     algorithm = "gaea_gdas" if args.arch_update == "eg" else "gdas"
-    run = data.SearchRun(args, f"{algorithm}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.Run(args, f"{algorithm}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "arch": arch, "opt": opt, "sched": sched, "arch_opt": arch_opt,
              "augment_gen": gen, "gumbel_gen": gumbel_gen, "data_order": paired}
@@ -319,7 +319,8 @@ def main(argv=None) -> dict:
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(distribution(arch, args.arch_update)).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        run.end_epoch(state, metrics, distribution(arch, args.arch_update))
+        run.end_epoch(state, metrics, distribution(arch, args.arch_update),
+                      show=("train_loss", "train_acc", "arch_acc", "tau", "entropy_normal", "oracle_test"))
 
     # ALGO LOGIC: the supernet's test accuracy runs the most likely child (GAEA's per-epoch evaluation)
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, argmax_child(arch, args.arch_update, parents))

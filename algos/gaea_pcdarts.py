@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 import time
 from pathlib import Path
@@ -65,13 +66,20 @@ EG_CLAMP = 1e-5  # GAEA: op weights are clamped at this value before each row is
 CIFAR = dict(partial_k=4, epochs=50, batch_size=256, lr=0.1, lr_min=0.0, lr_warmup_epochs=0, workers=None)
 ONESHOT = dict(CIFAR, epochs=100, batch_size=96, lr=0.025, lr_min=0.001)  # GAEA's 1Shot1 fork, 1Shot1's PC-DARTS
 IMAGENET = dict(CIFAR, partial_k=2, batch_size=1024, lr=0.5, lr_warmup_epochs=5, workers=8)
-# DEVIATION: imagenet's lr warm-up (lr x (e+1)/5 in epochs e < 5) runs at every --batch-size; train_search_imagenet.py
-# warms up only for batch > 256 — a default that does not depend on another flag (--lr-warmup-epochs 0: official at <= 256).
-# DEVIATION: the cosine is the closed form over all epochs, warm-up included: epoch e >= W (0-based) trains at lr_min +
-# (lr - lr_min)(1 + cos(pi e / E)) / 2 (0.4878 at e = 5, lr 0.5; 4.9e-4 in the last epoch). train_search_imagenet.py steps
-# its scheduler at the start of each epoch, so on PyTorch >= 1.1 its epoch e is at the value for e + 1, from the lr its
-# warm-up left (0.4946 at e = 5; 0 last): here the cosine phase is one epoch earlier — the CIFAR searches' schedule, and
-# the official script's own on the PyTorch <= 1.0 it was written for.
+
+
+def cosine_schedule(opt: torch.optim.Optimizer, epochs: int, lr_min: float, warmup_epochs: int):
+    """Per-epoch scheduler: cosine from the optimizer's lr to lr_min over `epochs`; epochs e < W (0-based) run at
+    lr x (e + 1) / W instead (PC-DARTS' ImageNet warm-up)."""
+    base = opt.param_groups[0]["lr"]
+    # DEVIATION: the warm-up runs at every --batch-size; train_search_imagenet.py warms up only for batch > 256 — a
+    # default that does not depend on another flag (--lr-warmup-epochs 0: official at <= 256).
+    # DEVIATION: the cosine is the closed form over all epochs, warm-up included (0.4878 at e = 5, lr 0.5; 4.9e-4 in the
+    # last epoch). train_search_imagenet.py steps its scheduler at the start of each epoch, so on PyTorch >= 1.1 its
+    # epoch e is at the value for e + 1, from the lr its warm-up left (0.4946 at e = 5; 0 last): here the phase is one
+    # epoch earlier — the CIFAR searches' schedule, and the official script's own on the PyTorch <= 1.0 it was written for.
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (e + 1) / warmup_epochs if e < warmup_epochs else
+                                             (lr_min + (base - lr_min) * 0.5 * (1 + math.cos(math.pi * e / epochs))) / base)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -331,13 +339,13 @@ def main(argv=None) -> dict:
     mode, layout = args.arch_update, edge_layout(space)
     alphas, edges = init_arch(space, mode, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
-    sched = data.cosine_schedule(opt, args.epochs, args.lr_min, args.lr_warmup_epochs)
+    sched = cosine_schedule(opt, args.epochs, args.lr_min, args.lr_warmup_epochs)
     arch_opt = make_arch_optimizer(args, alphas, edges, layout)
     data.average_grads_before_step(arch_opt)  # torchrun: the global batch's gradient on every rank
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
-    run = data.SearchRun(args, f"gaea_pcdarts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.Run(args, f"gaea_pcdarts_{mode}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "alphas": alphas, "edges": edges, "opt": opt, "sched": sched, "arch_opt": arch_opt,
              "augment_gen": gen, "data_order": paired}
@@ -360,7 +368,8 @@ def main(argv=None) -> dict:
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update(mean_entropy(*fixed_weights(alphas, edges, layout, mode), layout))
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        run.end_epoch(state, metrics, combined_weights(space, alphas, edges, layout, mode))
+        run.end_epoch(state, metrics, combined_weights(space, alphas, edges, layout, mode),
+                      show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_test"))
 
     op_w, edge_w = fixed_weights(alphas, edges, layout, mode)
     arch = ({**op_w, **edge_w},) if isinstance(space, spaces.NB1Shot1Space) else (op_w, edge_w)  # as forward()

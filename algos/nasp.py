@@ -295,7 +295,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, train=True, generator=gen), data.Augment(info, train=False)
 
-    run = data.SearchRun(args, f"nasp{args.ops or ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.Run(args, f"nasp{args.ops or ''}_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "A": A, "opt": opt, "sched": sched, "arch_opt": arch_opt,
              "augment_gen": gen, "data_order": paired}
@@ -328,7 +328,8 @@ def main(argv=None) -> dict:
                    "size_term": float(size_penalty(abar, rel_size)), "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        run.end_epoch(state, metrics, A)
+        run.end_epoch(state, metrics, A,
+                      show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes", "oracle_test"))
 
     abar = discretize(A, slices, keep, values)
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, child_specs(abar))  # the child, as the official validation

@@ -276,7 +276,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     augment, test_augment = data.Augment(info, True, generator=gen, shard=(rank, world)), data.Augment(info, False)
 
-    run = data.SearchRun(args, f"xnas_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    run = data.Run(args, f"xnas_{args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
     # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
     state = {"model": model, "log_w": log_w, "opt": opt, "sched": sched,
              "augment_gen": gen, "data_order": paired}
@@ -302,7 +302,8 @@ def main(argv=None) -> dict:
         metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(mixture_weights(log_w)).items()})
         metrics.update({f"wiped_{g}": n for g, n in wiped_counts(log_w).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        run.end_epoch(state, metrics, mixture_weights(log_w))
+        run.end_epoch(state, metrics, mixture_weights(log_w),
+                      show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "wiped_normal", "oracle_test"))
 
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, mixture_weights(log_w))
     genotype = derive_genotype(space, log_w)

@@ -26,7 +26,7 @@ TINY = ["--dataset", "synthetic", "--train-subset", "64", "--batch-size", "32", 
 @pytest.fixture
 def small_synthetic(monkeypatch):
     """A 64-image synthetic test set (the default 512 makes the final evaluation dominate a tiny run)."""
-    monkeypatch.setattr(asng.data, "search_loaders", functools.partial(data.search_loaders, synthetic_size=(128, 64)))
+    monkeypatch.setattr(data, "load_arrays", functools.partial(data.load_arrays, synthetic_size=(128, 64)))
 
 
 # ------------------------------------------------------------------------------------- the ASNG update

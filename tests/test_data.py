@@ -1,7 +1,11 @@
 """Tests for data.py: loaders of every dataset kind, augmentation, search splits, paired batches, tables, run logs."""
+import argparse
+import functools
 import gzip
 import json
 import pickle
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -335,16 +339,16 @@ def test_paired_batches_keep_arch_iterator_alive():
     assert arch.iterators == 7
 
 
-def test_search_loaders_synthetic():
+def test_search_loaders_synthetic(monkeypatch):
+    monkeypatch.setattr(data, "load_arrays", functools.partial(data.load_arrays, synthetic_size=(100, 30), image_size=8))
     pairs, test_loader, info = data.search_loaders("synthetic", "./unused", batch_size=16, bilevel=True, seed=0,
-                                                   synthetic_size=(100, 30), image_size=8, train_subset=64)
+                                                   train_subset=64)
     assert len(pairs) == 2 and len(test_loader) == 2 and info.image_size == 8
     (xw, yw), (xa, ya) = next(iter(pairs))
     assert xw.shape == (16, 3, 8, 8) and xa.shape == (16, 3, 8, 8)
     assert len(pairs.weight_loader.dataset) == 32 and len(pairs.arch_loader.dataset) == 32
-    erm, _, _ = data.search_loaders("synthetic", "./unused", 16, bilevel=False, seed=0,
-                                    synthetic_size=(100, 30), image_size=8, arch_batch_size=8)
-    assert len(erm.weight_loader.dataset) == 100 and len(erm.arch_loader) == 13
+    erm, _, _ = data.search_loaders("synthetic", "./unused", 16, bilevel=False, seed=0)
+    assert len(erm.weight_loader.dataset) == 100 and erm.arch_loader.dataset is erm.weight_loader.dataset
 
 
 # ------------------------------------------------------------------------------------------ table, logs
@@ -366,22 +370,44 @@ def test_load_table_errors(tmp_path):
         data.load_table(str(tmp_path / "t.csv.gz"))
 
 
-def test_run_logger(tmp_path, capsys):
-    args = {"lr": 0.1, "seed": np.int64(3), "path": Path("/x")}
-    logger = data.RunLogger(str(tmp_path / "runs"), "exp", args)
-    assert logger.path == tmp_path / "runs" / "exp"
-    assert json.loads((logger.path / "args.json").read_text()) == {"lr": 0.1, "seed": 3, "path": "/x"}
-    logger.log({"epoch": 1, "train_loss": torch.tensor(1.5), "acc": np.float32(0.25), "genotype": {"a": [1]}})
-    logger.log({"epoch": 2, "train_loss": 1.25})
-    lines = [json.loads(line) for line in (logger.path / "metrics.jsonl").read_text().splitlines()]
-    assert lines[0] == {"epoch": 1, "train_loss": 1.5, "acc": 0.25, "genotype": {"a": [1]}} and lines[1]["epoch"] == 2
-    logger.progress(2, 10, {"train_loss": 1.25, "acc": np.float32(0.5)}, keys=("train_loss", "acc"))
+def _run_args(tmp_path, **kw):
+    return argparse.Namespace(**{"epochs": 10, "out_dir": str(tmp_path / "runs"), "run_name": "exp", "resume": False,
+                                 "tensorboard": False, "deterministic": False, "log_every": 50, **kw})
+
+
+def test_run_files_and_progress(tmp_path, capsys):
+    run = data.Run(_run_args(tmp_path, lr=0.1, seed=np.int64(3), path=Path("/x")), "unused", argv=[])
+    assert run.path == tmp_path / "runs" / "exp"
+    saved = json.loads((run.path / "args.json").read_text())
+    assert {k: saved[k] for k in ("lr", "seed", "path", "world_size")} == {"lr": 0.1, "seed": 3, "path": "/x", "world_size": 1}
+    run.restore({})
+    run.end_epoch({}, {"epoch": 1, "train_loss": torch.tensor(1.5).item(), "acc": 0.25, "genotype": {"a": [1]}},
+                  show=("train_loss", "acc"))
     line = capsys.readouterr().out.strip()
-    assert line.startswith("epoch 2/10 | train_loss 1.25 | acc 0.5 |") and "ETA " in line and "\n" not in line
-    logger.write_json("result.json", {"best": 1})
-    logger.write_text("genotype.txt", "abc")
-    assert (logger.path / "genotype.txt").read_text() == "abc"
-    assert sorted(p.name for p in logger.path.iterdir()) == ["args.json", "genotype.txt", "metrics.jsonl",
-                                                            "result.json"]
-    assert data.RunLogger(str(tmp_path / "runs"), "exp", {}).path.name == "exp_1"
-    assert data.RunLogger(str(tmp_path / "runs"), "exp", {}).path.name == "exp_2"
+    assert line.startswith("epoch 1/10 | train_loss 1.5 | acc 0.25 |") and "ETA " in line and "\n" not in line
+    lines = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [{"epoch": 1, "train_loss": 1.5, "acc": 0.25, "genotype": {"a": [1]}}]
+    assert (run.path / data.LOCK).is_file()  # held while the run lives
+    run.finish({"best": 1}, "g", "digraph {}")
+    assert sorted(p.name for p in run.path.iterdir()) == ["args.json", "cell.dot", "checkpoint.pt", "genotype.json",
+                                                         "metrics.jsonl"]
+
+
+def test_run_dir_reuse_suffix_and_lock(tmp_path):
+    out = str(tmp_path / "runs")
+    first = data.make_run_dir(out, "exp")
+    assert first.name == "exp" and data.claim(first) is None  # ours: taken over, not refused
+    (first / "args.json").write_text("{}")
+    data.release(first)
+    assert data.make_run_dir(out, "exp") == first  # only args.json (stopped in epoch 1): started anew in place
+    assert not (first / "args.json").exists()
+    (first / "metrics.jsonl").write_text("")
+    assert data.make_run_dir(out, "exp").name == "exp_1"  # a result: never overwritten
+    (first / data.LOCK).write_text(f"{socket.gethostname()} 1")  # pid 1 lives: in use
+    assert "process 1" in data.claim(first)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (first / data.LOCK).write_text(f"{socket.gethostname()} {dead.pid}")  # a dead process: stale, taken over
+    assert data.claim(first) is None
+    with pytest.raises(data.DataError, match="cannot create a run directory"):
+        data.make_run_dir("/proc/nasref_runs", "exp")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import data
+import gaea_pcdarts
 import spaces
 
 CLASSES, PER_CLASS = ("cat", "dog", "eel"), 12
@@ -109,7 +110,7 @@ def test_imagenet_stem_supernet():
 def test_cosine_schedule_with_warmup():
     def lrs(warmup):
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-        sched = data.cosine_schedule(opt, 10, 0.01, warmup)
+        sched = gaea_pcdarts.cosine_schedule(opt, 10, 0.01, warmup)
         out = []
         for _ in range(10):
             out.append(opt.param_groups[0]["lr"])

@@ -1,4 +1,4 @@
-"""Checkpoints and --resume in every algos file (data.SearchRun): a run stopped after any epoch, or killed mid-epoch,
+"""Checkpoints and --resume in every algos file (data.Run): a run stopped after any epoch, or killed mid-epoch,
 and resumed ends exactly as the uninterrupted run; refusals; Ctrl-C; TensorBoard; progress; non-finite losses."""
 import importlib
 import json
@@ -79,7 +79,7 @@ def test_checkpoint_holds_the_named_state_and_every_rng(tmp_path, tiny_npz):
     ckpt = torch.load(Path(res["run_dir"]) / data.CHECKPOINT, weights_only=True)
     assert set(ckpt["state"]) == {"model", "asng", "opt", "sched", "augment_gen", "sample_gen", "data_order"}
     assert {"theta", "s", "Delta", "gamma"} <= set(ckpt["state"]["asng"])
-    assert set(ckpt["rng"]) == {"torch", "cuda", "numpy", "python"}
+    assert len(ckpt["rng"]) == 1 and set(ckpt["rng"][0]) == {"torch", "cuda", "numpy", "python"}  # one per rank
     assert ckpt["epoch"] == 1 and len(ckpt["history"]) == 1
 
 
@@ -171,11 +171,11 @@ def test_resume_refuses_other_settings_and_changes_nothing(finished, change, mes
 
 def test_resume_refuses_missing_and_corrupt_checkpoints(finished, tmp_path):
     darts, argv, run_dir = finished
-    with pytest.raises(data.ResumeError, match="no checkpoint"):
+    with pytest.raises(data.ResumeError, match="no run to resume"):
         darts.main([*argv[:-1], "other", "--resume"])
     (run_dir / data.CHECKPOINT).write_bytes(b"not a checkpoint" * 10)
     before = _snapshot(run_dir)
-    with pytest.raises(data.ResumeError, match="not a readable checkpoint"):
+    with pytest.raises(data.ResumeError, match="not a nasref checkpoint"):
         darts.main([*argv, "--resume"])
     assert _snapshot(run_dir) == before
     proc = subprocess.run([sys.executable, str(ROOT / "algos" / "darts.py"), *argv, "--resume"], capture_output=True,
@@ -248,7 +248,7 @@ def test_progress_lines_are_bounded_when_not_a_tty(tmp_path, tiny_npz, capsys):
 def test_non_finite_loss_stops_with_one_line_and_keeps_valid_files(tmp_path, tiny_npz, monkeypatch):
     import darts
     argv = [*TINY, "--dataset", tiny_npz, "--out-dir", str(tmp_path), "--run-name", "nan"]
-    real_step, real_end, armed = darts.weight_step, data.SearchRun.end_epoch, []
+    real_step, real_end, armed = darts.weight_step, data.Run.end_epoch, []
 
     def exploding(*a):
         loss, acc = real_step(*a)
@@ -259,7 +259,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_valid_files(tmp_path, tin
         armed.append(True)  # from the second epoch on the loss is NaN
 
     monkeypatch.setattr(darts, "weight_step", exploding)
-    monkeypatch.setattr(data.SearchRun, "end_epoch", end_then_arm)
+    monkeypatch.setattr(data.Run, "end_epoch", end_then_arm)
     with pytest.raises(data.NonFiniteLoss, match=r"non-finite train_loss at epoch 2 step 1/\d+; .*--lr"):
         darts.main(argv)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -269,9 +269,3 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_valid_files(tmp_path, tin
     assert [json.loads(line)["epoch"] for line in lines] == [1]
     assert "NaN" not in (run_dir / "metrics.jsonl").read_text()
     assert torch.load(run_dir / data.CHECKPOINT, weights_only=True)["epoch"] == 1
-
-
-def test_metrics_never_hold_nan(tmp_path):
-    log = data.RunLogger(str(tmp_path), "r", {})
-    log.log({"a": float("nan"), "b": [1.0, float("inf")], "c": 2})
-    assert json.loads((tmp_path / "r" / "metrics.jsonl").read_text()) == {"a": None, "b": [1.0, None], "c": 2}
