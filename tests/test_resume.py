@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -269,3 +270,143 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_valid_files(tmp_path, tin
     assert [json.loads(line)["epoch"] for line in lines] == [1]
     assert "NaN" not in (run_dir / "metrics.jsonl").read_text()
     assert torch.load(run_dir / data.CHECKPOINT, weights_only=True)["epoch"] == 1
+
+
+# --------------------------------------------------------------------- the run lifecycle's defects, one test each
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_before_the_first_checkpoint_leaves_no_directory(tmp_path, sig, code):
+    args = ["--space", "nb201", "--layers", "1", "--C", "4", "--batch-size", "8", "--train-subset", "2000",
+            "--epochs", "2", "--dataset", "synthetic", "--out-dir", str(tmp_path), "--run-name", "early"]
+    proc = _cli("darts", *args)
+    t0 = time.time()
+    while not (tmp_path / "early" / "args.json").exists():
+        assert time.time() - t0 < 60 and proc.poll() is None
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code and "nothing was kept" in err
+    assert not (tmp_path / "early").exists()
+
+
+def test_sigterm_keeps_the_checkpoint_prints_the_resume_line_and_exits_143(tmp_path, tiny_npz):
+    args = ["--space", "nb201", "--layers", "1", "--C", "4", "--batch-size", "8", "--train-subset", "96",
+            "--epochs", "3", "--dataset", tiny_npz, "--out-dir", str(tmp_path)]
+    ref = _cli("darts", *args, "--run-name", "ref")
+    assert ref.wait(120) == 0, ref.communicate()
+    proc = _cli("darts", *args, "--run-name", "preempted")
+    _wait_for_epochs(tmp_path / "preempted", 1, proc)
+    proc.send_signal(signal.SIGTERM)  # what SLURM and Kubernetes send on preemption
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 143 and len(lines) == 1 and "terminated (SIGTERM)" in lines[0] and "Resume with: " in lines[0]
+    assert sorted(p.name for p in (tmp_path / "preempted").iterdir()) == ["args.json", "checkpoint.pt", "metrics.jsonl"]
+    cmd = lines[0].split("Resume with: ", 1)[1].split()
+    again = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert outputs(tmp_path / "preempted") == outputs(tmp_path / "ref")
+
+
+def test_a_second_process_on_one_run_directory_is_refused_and_a_stale_lock_is_not(finished):
+    darts, argv, run_dir = finished
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run_dir / data.LOCK).write_text(f"{socket.gethostname()} {sleeper.pid}")  # a live process holds the run
+        before = _snapshot(run_dir)
+        with pytest.raises(data.ResumeError, match=f"in use by process {sleeper.pid}"):
+            darts.main([*argv, "--resume"])
+        assert _snapshot(run_dir) == before  # nothing appended to metrics.jsonl, lock untouched
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    res = darts.main([*argv, "--resume"])  # its process is gone: the lock is stale and taken over
+    assert [m["epoch"] for m in outputs(Path(res["run_dir"]))[0]] == [1, 2]
+    assert not (run_dir / data.LOCK).exists()  # released at the end
+
+
+def test_concurrent_resumes_append_nothing_twice(tmp_path, tiny_npz):
+    """Two real processes resume one run at the same time: one runs, the other is refused in one line."""
+    args = ["--space", "nb201", "--layers", "1", "--C", "4", "--batch-size", "8", "--train-subset", "96",
+            "--epochs", "3", "--dataset", tiny_npz, "--out-dir", str(tmp_path), "--run-name", "r"]
+    first = _cli("darts", *args)
+    _wait_for_epochs(tmp_path / "r", 1, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    a, b = _cli("darts", *args, "--resume"), _cli("darts", *args, "--resume")
+    codes = sorted([a.wait(120), b.wait(120)])
+    errs = a.communicate()[1] + b.communicate()[1]
+    assert codes == [0, 1] and "is in use by process" in errs, errs
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_killed_in_epoch_one_restarts_in_the_same_directory(tmp_path, tiny_npz):
+    import darts
+    argv = [*TINY, "--epochs", "1", "--dataset", tiny_npz, "--out-dir", str(tmp_path), "--run-name", "r"]
+    run_dir = tmp_path / "r"  # what a SIGKILL in epoch 1 leaves: args.json and the dead process's lock
+    run_dir.mkdir()
+    (run_dir / "args.json").write_text("{}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / data.LOCK).write_text(f"{socket.gethostname()} {dead.pid}")
+    with pytest.raises(data.ResumeError, match="never finished an epoch; run the same command without --resume"):
+        darts.main([*argv, "--resume"])
+    res = darts.main(argv)  # the advice holds: it starts anew in RUN, not in RUN_1
+    assert Path(res["run_dir"]) == run_dir and sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_resume_removes_a_temporary_checkpoint_left_by_a_kill(finished):
+    darts, argv, run_dir = finished
+    (run_dir / ".checkpoint.pt.4242.tmp").write_bytes(b"half")
+    (run_dir / ".checkpoint.pt.ab12cd.tmp").write_bytes(b"half")
+    darts.main([*argv, "--resume"])
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_garbage_checkpoint_is_refused_as_not_a_nasref_checkpoint(finished):
+    darts, argv, run_dir = finished
+    for junk in (b"\x80\x04garbage" * 20, b"PK\x03\x04 not a zip", b""):
+        (run_dir / data.CHECKPOINT).write_bytes(junk)
+        with pytest.raises(data.ResumeError) as err:
+            darts.main([*argv, "--resume"])
+        assert "is not a nasref checkpoint" in str(err.value) and len(str(err.value)) < len(str(run_dir)) + 100
+    torch.save({"epoch": 1}, run_dir / data.CHECKPOINT)  # a readable torch file, but not ours
+    with pytest.raises(data.ResumeError, match="not a nasref checkpoint"):
+        darts.main([*argv, "--resume"])
+
+
+def _bare_run(tmp_path, name="r"):
+    import argparse
+    return data.Run(argparse.Namespace(epochs=3, out_dir=str(tmp_path), run_name=name, resume=False,
+                                       tensorboard=False, deterministic=False, log_every=50), name, argv=[])
+
+
+def test_non_finite_test_loss_or_architecture_stops_and_writes_nothing_non_finite(tmp_path):
+    run = _bare_run(tmp_path)
+    run.restore({})
+    run.end_epoch({}, {"epoch": 1, "train_loss": 1.0}, {"normal": torch.ones(2, 3)})
+    with pytest.raises(data.NonFiniteLoss, match="non-finite supernet_test_loss at the end of epoch 2; .*--lr"):
+        run.end_epoch({}, {"epoch": 2, "train_loss": 1.0, "supernet_test_loss": float("inf")})
+    run = _bare_run(tmp_path, "a")
+    run.restore({})
+    with pytest.raises(data.NonFiniteLoss, match=r"architecture weights \(normal\).*--arch-lr\); nothing was kept"):
+        run.end_epoch({}, {"epoch": 1, "train_loss": 1.0}, {"normal": torch.tensor([[0.5, float("nan")]])})
+    assert not (tmp_path / "a").exists()  # stopped before its first checkpoint: no half-made directory
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1]
+    run = _bare_run(tmp_path, "f")
+    run.restore({})
+    run.end_epoch({}, {"epoch": 1, "train_loss": 1.0})
+    with pytest.raises(data.NonFiniteLoss, match="supernet_test_loss after the last epoch"):
+        run.finish({"supernet_test_loss": float("nan")}, "g", "digraph {}")
+    assert not (tmp_path / "f" / "genotype.json").exists()
+
+
+def test_huge_learning_rate_stops_instead_of_writing_a_genotype(tmp_path, tiny_npz):
+    proc = subprocess.run([sys.executable, str(ROOT / "algos" / "darts.py"), *TINY, "--epochs", "2", "--lr", "1e6",
+                           "--dataset", tiny_npz, "--out-dir", str(tmp_path), "--run-name", "big"],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    err = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(err) == 1 and "non-finite" in err[0] and "--lr" in err[0], proc.stderr
+    assert not (tmp_path / "big" / "genotype.json").exists()
+    assert "NaN" not in "".join(p.read_text() for p in (tmp_path / "big").glob("*.json*")) if (tmp_path / "big").exists() else True
