@@ -1476,3 +1476,11 @@ def evaluate_inpainting(forward, loader, mask: str, device, seed: int = 0) -> di
         sums += torch.stack([mse.sum(), psnr(y, x).sum(), ssim(y, x).sum()]).cpu()
         n += len(x)
     return dict(zip(("test_mse", "test_psnr", "test_ssim"), (sums / n).tolist()))
+
+
+def inpainting_batch(x: torch.Tensor, mask: str, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 batch -> (masked input, clean target) in [0, 1], each image flipped horizontally with probability 1/2
+    (the official training transform)."""
+    x = x.to(device).float() / 255
+    x = torch.where(torch.rand(len(x), 1, 1, 1, generator=generator).to(device) < 0.5, x.flip(-1), x)
+    return mask_images(x, mask, generator), x

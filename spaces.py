@@ -1384,24 +1384,27 @@ class EnasGenotype:
 
 class EnasSpace:
     """The ENAS micro space as ASNG-NAS encodes it: per cell type and node i four categoricals, input_a and input_b
-    over the 2 + i earlier states and op_a, op_b over the 5 ops (40 variables, sum of (K - 1) = 140)."""
+    over the 2 + i earlier states and op_a, op_b over the 5 ops (40 variables, sum of (K - 1) = 140), in the official
+    order (per node input_a, input_b, op_a, op_b; normal cells first). It is its own set of search variables
+    (names, categories, decode, genotype, as algos/asng.py's ArchVariables)."""
 
-    name, default_layers = "enas", 8
+    name, default_layers, integers = "enas", 8, ()
     ops = {"normal": ENAS_OPS, "reduce": ENAS_OPS}
 
-    def variables(self) -> list[tuple[str, str, int]]:
-        """(group, name, categories) in the official order: per node input_a, input_b, op_a, op_b; normal first."""
-        return [(ct, f"node{i}/{v}", 2 + i if v.startswith("in") else len(ENAS_OPS))
-                for ct in ("normal", "reduce") for i in range(ENAS_NODES) for v in ("in_a", "in_b", "op_a", "op_b")]
+    def __init__(self):
+        keys = [(ct, i, v) for ct in ("normal", "reduce") for i in range(ENAS_NODES) for v in ("in_a", "in_b", "op_a", "op_b")]
+        self.names = [f"{ct}/node{i}/{v}" for ct, i, v in keys]
+        self.groups = [ct for ct, _, _ in keys]
+        self.categories = [2 + i if v.startswith("in") else len(ENAS_OPS) for _, i, v in keys]
 
-    def arch(self, idx) -> dict:
+    def decode(self, idx, z=None) -> dict:
         """One index per variable -> {cell type: 10 (op index, input) pairs}."""
         idx, per = [int(k) for k in idx], 4 * ENAS_NODES
         return {ct: tuple(p for b in range(c * per, (c + 1) * per, 4) for p in ((idx[b + 2], idx[b]), (idx[b + 3], idx[b + 1])))
                 for c, ct in enumerate(("normal", "reduce"))}
 
-    def genotype(self, idx) -> EnasGenotype:
-        return EnasGenotype(**{ct: tuple((ENAS_OPS[k], j) for k, j in p) for ct, p in self.arch(idx).items()})
+    def genotype(self, idx, z=None) -> EnasGenotype:
+        return EnasGenotype(**{ct: tuple((ENAS_OPS[k], j) for k, j in p) for ct, p in self.decode(idx).items()})
 
     def supernet(self, C=16, layers=None, num_classes=10, in_channels=3) -> EnasNetwork:
         return EnasNetwork(None, C, self.default_layers if layers is None else layers, num_classes, False, in_channels)
@@ -1501,7 +1504,7 @@ class CAESpace:
     kernel index in [1, len(k_sizes)], an integer channel count in ch_range, and a categorical input among the
     min(i + 1, level_back) previous positions (position 0 is the image, p >= 1 node p - 1); the output node: a
     categorical input among the last min(cols + 1, level_back) positions. Only nodes on the path from the output back
-    to the image are active."""
+    to the image are active. It is its own set of search variables (names, categories, integers, decode, genotype)."""
 
     name = "cae"
 
@@ -1512,8 +1515,9 @@ class CAESpace:
         self.categories = [k for i in range(cols) for k in (2, min(i + 1, level_back))] + [min(cols + 1, level_back)]
         self.integers = [r for _ in range(cols) for r in ((1, len(k_sizes)), self.ch_range)]
         self.names = [f"node{i}/{v}" for i in range(cols) for v in ("skip", "input")] + ["output/input"]
+        self.groups = ["cae"] * len(self.categories)
 
-    def chain(self, cat, z) -> tuple:
+    def decode(self, cat, z) -> tuple:
         """Categorical indices and (continuous) integer samples -> the active (node, skip, kernel, channels), input
         first; integers are clipped to their ranges and rounded (half to even, as numpy)."""
         cat = [int(c) for c in cat]
@@ -1526,8 +1530,8 @@ class CAESpace:
             p = first(p - 1) + cat[2 * (p - 1) + 1]
         return tuple((n, cat[2 * n], self.k_sizes[z[2 * n] - 1], z[2 * n + 1]) for n in reversed(active))
 
-    def genotype(self, chain) -> CAEGenotype:
-        return CAEGenotype(tuple((k, ch, bool(skip)) for _, skip, k, ch in chain))
+    def genotype(self, cat, z) -> CAEGenotype:
+        return CAEGenotype(tuple((k, ch, bool(skip)) for _, skip, k, ch in self.decode(cat, z)))
 
     def supernet(self, in_channels=3) -> CAENetwork:
         return CAENetwork(self, None, in_channels)
