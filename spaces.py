@@ -16,9 +16,12 @@ Contents, top to bottom:
   5. Genotypes: DARTS genotype, NB201 arch string, NB101 spec; JSON round trip, parsing with clear
      errors, DOT pictures, published genotypes by name.
   6. Discrete networks: the DARTS evaluation network (auxiliary head, drop path) and the NB201 network.
+  7. ASNG-NAS's ENAS micro space: single-path supernet and evaluation network (one class), the 4.0M-parameter
+     channel rule, genotype (JSON, DOT), the space as its own search variables.
+  8. ASNG-NAS's convolutional auto-encoder (inpainting) space with categorical and integer variables.
 
 Facts (op definitions, macro layouts, parameter counts) follow the public DARTS, NAS-Bench-201,
-NAS-Bench-1Shot1 and NASP code as summarised in ../shared/reference/; no code was copied.
+NAS-Bench-1Shot1, NASP and ASNG-NAS code as summarised in ../shared/reference/; no code was copied.
 """
 from __future__ import annotations
 
