@@ -1389,6 +1389,7 @@ def _image_folder_arrays(dataset: str, data_dir: str, image_size: int) -> dict:
     """celeba: ImageFolder DATA_DIR/celebA/{train,test} (the official layout); svhn: torchvision's SVHN in DATA_DIR.
     Resized (shorter side) and centre-cropped to image_size, as uint8 NHWC arrays."""
     from torchvision import datasets, transforms
+    # DEVIATION: centre-cropped to a square (the official transform only resizes the shorter side to 64 px)
     tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size)])
     root = Path(data_dir) / "celebA"
     if dataset == "celeba" and not (root / "train").is_dir():

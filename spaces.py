@@ -1261,6 +1261,8 @@ class EnasCell(nn.Module):
         self.ops = nn.ModuleDict({f"{i}_{j}_{k}": enas_op(ENAS_OPS[k], C, 2 if reduction and j < 2 else 1, affine)
                                   for i, j, k in keys})
         cols = ENAS_NODES if pairs is None else len(enas_loose_ends(pairs))
+        # DEVIATION: a fixed cell's 1x1 conv is initialised for its own fan-in (official fix_arc slices a weight
+        # initialised for 5C inputs): only the initial scale differs
         self.conv = nn.Conv2d(cols * C, C, 1, bias=False)
         self.bn = nn.BatchNorm2d(C, affine=affine)
 
