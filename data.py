@@ -838,21 +838,6 @@ def check_search_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         parser.error(f"--split-file / --train-portion choose the bilevel split: they {how}")
 
 
-def add_common_args(p) -> None:
-    """The flags every search script has and none tunes: data, split, oracle table, seed, device, output."""
-    p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
-    p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
-    p.add_argument("--train-portion", type=unit_interval, default=0.5, help="bilevel: fraction of the training set for the weights")
-    p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion: cifar-split.txt "
-                   "(CIFAR-10 train/valid halves) or cifar100- / imagenet-16-120-test-split.txt (direct search: weights on "
-                   "the whole training set, architecture on the test set's xvalid half)")
-    p.add_argument("--train-subset", type=nonneg_int, default=0, help="use only the first N training images (0 = all)")
-    p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
-    p.add_argument("--seed", type=seed, default=2, help="random seed")
-    p.add_argument("--device", type=device_name, default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out-dir", type=out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
-
-
 def add_run_args(p) -> None:
     """The flags every search shares and none tunes: resumption, TensorBoard, determinism."""
     p.add_argument("--resume", action="store_true", help="continue the run OUT_DIR/RUN_NAME from its checkpoint.pt "
@@ -1504,3 +1489,110 @@ def cli(main) -> None:
     except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
         raise SystemExit(f"error: {err}") from None
 
+
+# ---- inpainting: image sets, masks, PSNR / SSIM (belongs in Part I: data)
+# ASNG-NAS's inpainting task, facts from shirakawas/ASNG-NAS inpainting/common/{utils,eval_test}.py and
+# inpainting/main_inpainting_int.py (read, not copied).
+INPAINT_MASKS = ("center", "random-pixel", "random-half")
+
+
+def _image_folder_arrays(dataset: str, data_dir: str, image_size: int) -> dict:
+    """celeba: ImageFolder DATA_DIR/celebA/{train,test} (the official layout); svhn: torchvision's SVHN in DATA_DIR.
+    Resized (shorter side) and centre-cropped to image_size, as uint8 NHWC arrays."""
+    from torchvision import datasets, transforms
+    # DEVIATION: centre-cropped to a square (the official transform only resizes the shorter side to 64 px)
+    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size)])
+    root = Path(data_dir) / "celebA"
+    if dataset == "celeba" and not (root / "train").is_dir():
+        raise DataError(f"CelebA not found: expected image folders {root}/train/<any>/*.jpg and {root}/test/<any>/")
+    out = {}
+    for split in ("train", "test"):
+        ds = datasets.ImageFolder(root / split, tf) if dataset == "celeba" else datasets.SVHN(data_dir, split, tf, download=True)
+        out[f"x_{split}"] = np.stack([np.asarray(img.convert("RGB")) for img, _ in ds])
+        out[f"y_{split}"] = np.zeros(len(ds), dtype=np.int64)
+    return out
+
+
+def inpainting_loaders(dataset: str, data_dir: str, batch_size: int, seed: int, image_size: int = 64,
+                       train_subset: int = 0, split: bool = True):
+    """(batches, test loader, channels). Images: celeba / svhn (see above) or whatever load_arrays reads, resized to
+    image_size; labels unused. split: PairedBatches over the two halves of the training images (weights, architecture;
+    the official valid_rate 0.5), else one shuffled loader over all of them."""
+    if dataset in ("celeba", "svhn"):
+        arrays = _image_folder_arrays(dataset, data_dir, image_size)
+    else:
+        arrays, _ = load_arrays(dataset, data_dir, synthetic_size=(256, 64), image_size=image_size)
+    resize = lambda x: x if x.shape[1] == image_size else F.interpolate(  # NHWC uint8 -> resized NHWC uint8
+        torch.from_numpy(x).permute(0, 3, 1, 2).float(), size=(image_size, image_size), mode="bilinear",
+        antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    x, y = take_subset(resize(arrays["x_train"]), arrays["y_train"], train_subset)
+    test = make_loader(ArrayDataset(resize(arrays["x_test"]), arrays["y_test"]), batch_size, shuffle=False, seed=seed)
+    if not split:
+        return make_loader(ArrayDataset(x, y), batch_size, shuffle=True, seed=seed), test, x.shape[-1]
+    w, a = search_split(len(y), True, 0.5)
+    return PairedBatches(make_loader(ArrayDataset(x[w], y[w]), batch_size, True, seed),
+                         make_loader(ArrayDataset(x[a], y[a]), batch_size, True, seed + 1)), test, x.shape[-1]
+
+
+def mask_images(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x (B, C, H, W) with the hidden pixels set to 0. center: the middle of each side (margins int(0.25 H), as the
+    official CenterMasking); random-pixel: every pixel (all channels) hidden with probability 0.8; random-half: one of
+    the left / top / right / bottom halves per image."""
+    B, _, H, W = x.shape
+    rows, cols = torch.arange(H)[:, None], torch.arange(W)[None]
+    if kind == "center":
+        keep = ~((rows >= int(H * 0.25)) & (rows < int(H * 0.75)) & (cols >= int(W * 0.25)) & (cols < int(W * 0.75)))
+        keep = keep.expand(B, 1, H, W)
+    elif kind == "random-pixel":
+        keep = torch.rand(B, 1, H, W, generator=generator) >= 0.8
+    elif kind == "random-half":
+        halves = torch.stack([h.expand(H, W) for h in (cols < W // 2, rows < H // 2, cols >= W // 2, rows >= H // 2)])
+        keep = ~halves[torch.randint(4, (B,), generator=generator)][:, None]
+    else:
+        raise DataError(f"unknown mask {kind!r}; choose one of {', '.join(INPAINT_MASKS)}")
+    return x * keep.to(x.device, x.dtype)
+
+
+def psnr(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image, both clipped to [0, 1]: 10 log10(1 / MSE) (dB)."""
+    mse = (out.clamp(0, 1) - target.clamp(0, 1)).double().square().mean((1, 2, 3))
+    return -10 * torch.log10(mse)
+
+
+def ssim(out: torch.Tensor, target: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Per image, both clipped to [0, 1]: SSIM as skimage computes it for the official code (Gaussian window
+    sigma 1.5 truncated at 3.5 sigma, population covariances, data range 1, K1 0.01, K2 0.03, mean over channels of
+    the map without its border): valid convolutions give exactly the pixels skimage keeps."""
+    x, y = out.clamp(0, 1).double(), target.clamp(0, 1).double()
+    # DEVIATION: skimage needs images larger than its 11-px window; smaller ones get a window cut to fit
+    r = min(int(3.5 * sigma + 0.5), (min(x.shape[-2:]) - 1) // 2)
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64, device=x.device) / sigma) ** 2)
+    C = x.shape[1]
+    k = (g[:, None] * g[None] / g.sum() ** 2).expand(C, 1, 2 * r + 1, 2 * r + 1)
+    f = lambda t: F.conv2d(t, k, groups=C)
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean((1, 2, 3))
+
+
+@torch.no_grad()
+def evaluate_inpainting(forward, loader, mask: str, device, seed: int = 0) -> dict:
+    """Mean test MSE, PSNR and SSIM over the test images of forward(masked images) (eval mode around the call is
+    the caller's); random masks come from a generator seeded with `seed`, so every evaluation sees the same ones."""
+    gen, sums, n = torch.Generator().manual_seed(seed), torch.zeros(3, dtype=torch.float64), 0
+    for x, _ in loader:
+        x = x.to(device).float() / 255
+        y = forward(mask_images(x, mask, gen))
+        mse = (y - x).double().square().mean((1, 2, 3))  # the loss, unclipped
+        sums += torch.stack([mse.sum(), psnr(y, x).sum(), ssim(y, x).sum()]).cpu()
+        n += len(x)
+    return dict(zip(("test_mse", "test_psnr", "test_ssim"), (sums / n).tolist()))
+
+
+def inpainting_batch(x: torch.Tensor, mask: str, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 batch -> (masked input, clean target) in [0, 1], each image flipped horizontally with probability 1/2
+    (the official training transform)."""
+    x = x.to(device).float() / 255
+    x = torch.where(torch.rand(len(x), 1, 1, 1, generator=generator).to(device) < 0.5, x.flip(-1), x)
+    return mask_images(x, mask, generator), x

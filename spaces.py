@@ -21,9 +21,12 @@ Contents, top to bottom:
      6b. the NB201 network;
      6c. the DARTS evaluation network for ImageNet (three-conv stem, 7x7 auxiliary head);
      6d. the NB101 network that trains a 1Shot1 result (NB101 spec) with NB101's channel rule.
+  7. ASNG-NAS's ENAS micro space: single-path supernet and evaluation network (one class), the 4.0M-parameter
+     channel rule, genotype (JSON, DOT), the space as its own search variables.
+  8. ASNG-NAS's convolutional auto-encoder (inpainting) space with categorical and integer variables.
 
 Facts (op definitions, macro layouts, parameter counts) follow the public DARTS, NAS-Bench-201,
-NAS-Bench-1Shot1 and NASP code as summarised in ../shared/reference/; no code was copied.
+NAS-Bench-1Shot1, NASP and ASNG-NAS code as summarised in ../shared/reference/; no code was copied.
 """
 from __future__ import annotations
 
@@ -776,6 +779,8 @@ def genotype_to_dot(g) -> str:
         lines += [f'  "{i}" [label="{i}: {op}"];' for i, op in enumerate(g.ops)]
         n = len(g.ops)
         lines += [f'  "{i}" -> "{j}";' for i in range(n) for j in range(n) if g.matrix[i][j]]
+    elif hasattr(g, "dot_lines"):  # the genotypes of sections 7 and 8
+        lines += g.dot_lines()
     else:
         raise GenotypeError(f"no picture for {type(g).__name__}")
     return "\n".join(lines + ["}"]) + "\n"
@@ -952,12 +957,12 @@ def discretisation_check(space, genotype, evaluate_with, device) -> dict:
     return {"supernet_test_acc_discrete": acc, "supernet_test_loss_discrete": loss}
 
 
-SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3")
+SPACES = ("darts", "nb201", "nb1shot1-1", "nb1shot1-2", "nb1shot1-3", "enas")
 
 
 def get_space(name: str, ops=None, ops_reduce=None):
     """`darts` (ops / ops_reduce override the op lists), `nb201` (ops overrides, e.g. without `none`),
-    `nb1shot1-{1,2,3}`."""
+    `nb1shot1-{1,2,3}`, `enas`."""
     if name == "darts":
         return DartsSpace(ops or DARTS_OPS, ops_reduce)
     if name == "nb201":
@@ -966,6 +971,10 @@ def get_space(name: str, ops=None, ops_reduce=None):
         if ops is not None:
             raise SpaceError("NAS-Bench-1Shot1 op lists are fixed")
         return NB1Shot1Space(int(name[-1]))
+    if name == "enas":
+        if ops is not None:
+            raise SpaceError("the ENAS micro op list is fixed")
+        return EnasSpace()
     raise SpaceError(f"unknown space {name!r}; choose from {', '.join(SPACES)}")
 
 
@@ -1227,3 +1236,323 @@ class NB101Network(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+# ===== 7. ENAS micro space (ASNG-NAS's CIFAR-10 space) ====
+# Facts from shirakawas/ASNG-NAS classification/classification/{cnn_model_micro,operations}.py and
+# classification/main_classification.py (read, not copied).
+ENAS_OPS = ["skip_connect", "avg_pool_3x3", "max_pool_3x3", "sep_conv_3x3", "sep_conv_5x5"]
+ENAS_NODES = 5
+
+
+def enas_op(name: str, C: int, stride: int, affine: bool) -> nn.Module:
+    """ENAS's ops: identity (FactorizedReduce at stride 2), 3x3 average pooling that counts padded zeros
+    (nn.AvgPool2d's default, as the official ENASOpsServer), 3x3 max pooling, DARTS separable convolutions."""
+    return nn.AvgPool2d(3, stride, 1) if name == "avg_pool_3x3" else make_op(name, C, stride, affine)
+
+
+def enas_loose_ends(pairs) -> list[int]:
+    """States (2..6) that no node takes as input: the cell concatenates them (the cell inputs count as used)."""
+    used = {j for _, j in pairs}
+    return [n for n in range(2, 2 + len(pairs) // 2) if n not in used]
+
+
+class EnasCell(nn.Module):
+    """One ENAS micro cell: both inputs preprocessed to C channels (FactorizedReduce after a reduction cell), 5 nodes,
+    node i = op_a(input_a) + op_b(input_b) over the cell inputs and earlier nodes (the two inputs may coincide), the
+    loose ends concatenated, then ReLU, 1x1 conv to C, BN. Every (node, input, op) has its own weights. Supernet
+    (`pairs` None): weights for all of them and a 1x1 conv over all 5C columns, of which a forward uses those of its
+    loose ends; fixed (a genotype's 10 (op index, input) pairs): only the ops and columns the cell uses."""
+
+    def __init__(self, C_pp, C_p, C, reduction, reduction_prev, affine, pairs=None):
+        super().__init__()
+        self.C, self.pairs = C, None if pairs is None else tuple(pairs)
+        self.pre0 = FactorizedReduce(C_pp, C, affine) if reduction_prev else ReLUConvBN(C_pp, C, 1, 1, 0, affine=affine)
+        self.pre1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=affine)
+        keys = ([(i, j, k) for i in range(ENAS_NODES) for j in range(2 + i) for k in range(len(ENAS_OPS))]
+                if pairs is None else sorted({(n // 2, j, k) for n, (k, j) in enumerate(pairs)}))
+        self.ops = nn.ModuleDict({f"{i}_{j}_{k}": enas_op(ENAS_OPS[k], C, 2 if reduction and j < 2 else 1, affine)
+                                  for i, j, k in keys})
+        cols = ENAS_NODES if pairs is None else len(enas_loose_ends(pairs))
+        # DEVIATION: a fixed cell's 1x1 conv is initialised for its own fan-in (official fix_arc slices a weight
+        # initialised for 5C inputs): only the initial scale differs
+        self.conv = nn.Conv2d(cols * C, C, 1, bias=False)
+        self.bn = nn.BatchNorm2d(C, affine=affine)
+
+    def forward(self, s0, s1, pairs=None, drop_prob=0.0):
+        pairs = self.pairs if pairs is None else pairs
+        states = [self.pre0(s0), self.pre1(s1)]
+        for i in range(ENAS_NODES):
+            node = 0
+            for k, j in pairs[2 * i:2 * i + 2]:
+                op = self.ops[f"{i}_{j}_{k}"]
+                h = op(states[j])
+                if drop_prob > 0 and self.training and not isinstance(op, nn.Identity):
+                    h = drop_path(h, drop_prob)
+                node = node + h
+            states.append(node)
+        loose, w = enas_loose_ends(pairs), self.conv.weight
+        if self.pairs is None:  # the columns of the loose ends, node-major
+            w = w.view(self.C, ENAS_NODES, self.C, 1, 1)[:, [n - 2 for n in loose]].reshape(self.C, -1, 1, 1)
+        return self.bn(F.conv2d(F.relu(torch.cat([states[n] for n in loose], 1)), w))
+
+
+class EnasNetwork(nn.Module):
+    """ENAS micro macro-architecture: stem 3x3 conv to 3C + BN, `layers` cells (reductions, channels doubled, at
+    layers//3 and 2*layers//3; every cell outputs C_cell channels), global average pooling, linear.
+    genotype None: the single-path search supernet (cells with non-affine BN), forward(x, arch) -> logits with arch
+    {"normal": pairs, "reduce": pairs} of (op index, input), one sample for all normal cells and one for both
+    reduction cells; only the ops named there run. A genotype: its evaluation network (affine BN, auxiliary head after
+    cell 2*layers//3, drop path self.drop_path_prob on non-identity ops), forward(x) -> (logits, aux or None)."""
+
+    def __init__(self, genotype=None, C=16, layers=8, num_classes=10, auxiliary=False, in_channels=3):
+        super().__init__()
+        if layers < 3:
+            raise SpaceError(f"an ENAS network needs >= 3 cells (reductions at layers//3 and 2*layers//3), got {layers}")
+        self.genotype, self.drop_path_prob, self.auxiliary_head = genotype, 0.0, None
+        fixed = {ct: None if genotype is None else [(ENAS_OPS.index(op), j) for op, j in getattr(genotype, ct)]
+                 for ct in ("normal", "reduce")}
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 3 * C, 3, padding=1, bias=False), nn.BatchNorm2d(3 * C))
+        C_pp, C_p, C_cell, reduction_prev = 3 * C, 3 * C, C, False
+        self.kinds, self.cells = [], nn.ModuleList()
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            C_cell *= 2 if reduction else 1
+            self.kinds.append("reduce" if reduction else "normal")
+            self.cells.append(EnasCell(C_pp, C_p, C_cell, reduction, reduction_prev, genotype is not None,
+                                       fixed[self.kinds[-1]]))
+            C_pp, C_p, reduction_prev = C_p, C_cell, reduction
+            if i == 2 * layers // 3 and auxiliary:
+                self.aux_index, self.auxiliary_head = i, AuxiliaryHeadCIFAR(C_p, num_classes)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+    def forward(self, x, arch=None):
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, (kind, cell) in enumerate(zip(self.kinds, self.cells)):
+            s0, s1 = s1, cell(s0, s1, None if arch is None else arch[kind], self.drop_path_prob)
+            if self.auxiliary_head is not None and self.training and i == self.aux_index:
+                aux = self.auxiliary_head(s1)
+        logits = self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))
+        return logits if self.genotype is None else (logits, aux)
+
+
+def enas_params_limited_C(genotype, limit_M=4.0, layers=20, num_classes=10, in_channels=3, C_max=128) -> int:
+    """ASNG-NAS's retraining rule: the largest C in [0, C_max) whose evaluation network has <= limit_M million
+    parameters without the auxiliary head, by binary search (built on the meta device: no memory, no init)."""
+    lo, hi = -1, C_max
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        with torch.device("meta"):
+            n = count_parameters(EnasNetwork(genotype, max(mid, 1), layers, num_classes, False, in_channels))
+        lo, hi = (mid, hi) if mid > 0 and n / 1e6 <= limit_M else (lo, mid)
+    if lo < 1:
+        raise SpaceError(f"no channel count gives an ENAS network of <= {limit_M}M parameters")
+    return lo
+
+
+@dataclass(frozen=True)
+class EnasGenotype:
+    """ENAS micro cells: per cell type 10 (op, input) pairs, two per node (inputs 0, 1 = the cell inputs, node k =
+    k + 2; the two inputs of a node may coincide); the loose ends are concatenated."""
+
+    normal: tuple
+    reduce: tuple
+    space = "enas"
+
+    def __post_init__(self):
+        for ct in ("normal", "reduce"):
+            pairs = getattr(self, ct)
+            if len(pairs) != 2 * ENAS_NODES:
+                raise GenotypeError(f"ENAS genotype: {ct} needs {2 * ENAS_NODES} (op, input) pairs, got {len(pairs)}")
+            for n, p in enumerate(pairs):
+                if len(p) != 2 or not isinstance(p[1], int) or isinstance(p[1], bool) or not 0 <= p[1] < 2 + n // 2:
+                    raise GenotypeError(f"ENAS genotype: {ct}[{n}] = {p!r} is not (op, input < {2 + n // 2})")
+            _check_ops([p[0] for p in pairs], ENAS_OPS, f"ENAS genotype {ct}")
+
+    def to_json(self) -> dict:
+        return {"space": "enas", "normal": [list(p) for p in self.normal], "reduce": [list(p) for p in self.reduce]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EnasGenotype":
+        try:
+            parts = {}
+            for ct in ("normal", "reduce"):
+                pairs = [_json_list(p, f"ENAS genotype {ct}") for p in _json_list(d[ct], f"ENAS genotype {ct}")]
+                if any(len(p) != 2 for p in pairs):
+                    raise GenotypeError(f"ENAS genotype {ct}: every entry must be [op, input], got {pairs}")
+                parts[ct] = tuple((_json_str(op, f"ENAS genotype {ct}"), _json_int(j, f"ENAS genotype {ct} input"))
+                                  for op, j in pairs)
+            return cls(**parts)
+        except KeyError as err:
+            raise GenotypeError(f"malformed ENAS genotype JSON: no key {err}") from err
+
+    def __str__(self):
+        return f"EnasGenotype(normal={list(self.normal)}, reduce={list(self.reduce)})"
+
+    def dot_lines(self) -> list[str]:
+        lines = []
+        for ct in ("normal", "reduce"):
+            name = lambda j: f'"{ct}:c_{{k-2}}"' if j == 0 else f'"{ct}:c_{{k-1}}"' if j == 1 else f'"{ct}:{j - 2}"'
+            lines.append(f'  subgraph cluster_{ct} {{ label="{ct} cell";')
+            lines += [f'    {name(j)} -> "{ct}:{n // 2}" [label="{op}"];' for n, (op, j) in enumerate(getattr(self, ct))]
+            lines += [f'    "{ct}:{c - 2}" -> "{ct}:c_{{k}}";' for c in enas_loose_ends(getattr(self, ct))] + ["  }"]
+        return lines
+
+
+class EnasSpace:
+    """The ENAS micro space as ASNG-NAS encodes it: per cell type and node i four categoricals, input_a and input_b
+    over the 2 + i earlier states and op_a, op_b over the 5 ops (40 variables, sum of (K - 1) = 140), in the official
+    order (per node input_a, input_b, op_a, op_b; normal cells first). It is its own set of search variables
+    (names, categories, decode, genotype, as algos/asng.py's ArchVariables)."""
+
+    name, default_layers, integers = "enas", 8, ()
+    ops = {"normal": ENAS_OPS, "reduce": ENAS_OPS}
+
+    def __init__(self):
+        keys = [(ct, i, v) for ct in ("normal", "reduce") for i in range(ENAS_NODES) for v in ("in_a", "in_b", "op_a", "op_b")]
+        self.names = [f"{ct}/node{i}/{v}" for ct, i, v in keys]
+        self.groups = [ct for ct, _, _ in keys]
+        self.categories = [2 + i if v.startswith("in") else len(ENAS_OPS) for _, i, v in keys]
+
+    def decode(self, idx, z=None) -> dict:
+        """One index per variable -> {cell type: 10 (op index, input) pairs}."""
+        idx, per = [int(k) for k in idx], 4 * ENAS_NODES
+        return {ct: tuple(p for b in range(c * per, (c + 1) * per, 4) for p in ((idx[b + 2], idx[b]), (idx[b + 3], idx[b + 1])))
+                for c, ct in enumerate(("normal", "reduce"))}
+
+    def genotype(self, idx, z=None) -> EnasGenotype:
+        return EnasGenotype(**{ct: tuple((ENAS_OPS[k], j) for k, j in p) for ct, p in self.decode(idx).items()})
+
+    def supernet(self, C=16, layers=None, num_classes=10, in_channels=3) -> EnasNetwork:
+        return EnasNetwork(None, C, self.default_layers if layers is None else layers, num_classes, False, in_channels)
+
+
+GENOTYPE_TYPES["enas"] = EnasGenotype
+
+
+# ===== 8. convolutional auto-encoder space (ASNG-NAS's inpainting space) ====
+# Facts from shirakawas/ASNG-NAS inpainting/inpainting_int/cae_model.py and inpainting/common/operations.py.
+def _fit_channels(x: torch.Tensor, C: int) -> torch.Tensor:
+    """Zero-pad or cut x to C channels (a unit built for more channels than its input gets, e.g. the image)."""
+    return F.pad(x, (0, 0, 0, 0, 0, C - x.shape[1])) if x.shape[1] < C else x[:, :C]
+
+
+class CAENetwork(nn.Module):
+    """A chain of conv units (Conv -> ReLU; stride 2 without skip, stride 1 with one) mirrored by deconv units
+    (ConvTranspose -> (+ the matching conv output when skip) -> ReLU) and a 3x3 output deconv, no bias anywhere.
+    A stride-2 unit meeting a 1-pixel map is passed over. Supernet (`space` given): units for every node, skip flag
+    and kernel with max-channel weights, of which a layer uses the first `channels` output channels; forward(x,
+    chain) with chain a tuple of (node, skip, kernel, channels). Fixed (`genotype` given): units of exactly the
+    genotype's sizes; forward(x)."""
+
+    def __init__(self, space=None, genotype=None, in_channels=3):
+        super().__init__()
+        conv = lambda i, o, k, s: nn.Conv2d(i, o, k, s, k // 2, bias=False)
+        deconv = lambda i, o, k, s: nn.ConvTranspose2d(i, o, k, s, k // 2, output_padding=s - 1, bias=False)
+        self.space, self.layers, self.enc, self.dec = space, None, nn.ModuleDict(), nn.ModuleDict()
+        if genotype is None:
+            C = space.ch_range[1]
+            for node in range(space.cols):
+                for skip in (0, 1):
+                    for k in space.k_sizes:
+                        self.enc[f"{node}_{skip}_{k}"] = conv(C, C, k, 2 - skip)
+                        self.dec[f"{node}_{skip}_{k}"] = deconv(C, C, k, 2 - skip)
+            self.out = deconv(C, in_channels, 3, 1)
+            return
+        self.layers = tuple((t, skip, k, ch) for t, (k, ch, skip) in enumerate(genotype.layers))
+        chs = [in_channels] + [ch for k, ch, skip in genotype.layers]
+        for t, skip, k, ch in self.layers:  # a deconv takes the next layer's output (the last: its own conv's)
+            self.enc[f"{t}_{skip}_{k}"] = conv(chs[t], ch, k, 2 - skip)
+            self.dec[f"{t}_{skip}_{k}"] = deconv(chs[min(t + 2, len(chs) - 1)], ch, k, 2 - skip)
+        self.out = deconv(chs[1] if len(chs) > 1 else in_channels, in_channels, 3, 1)
+
+    def forward(self, x, chain=None):
+        h, ran, skips = x, [], []
+        for node, skip, k, ch in self.layers if chain is None else chain:
+            if not skip and min(h.shape[-2:]) == 1:
+                continue
+            unit = self.enc[f"{node}_{skip}_{k}"]
+            h = F.relu(unit(_fit_channels(h, unit.in_channels))[:, :ch])
+            ran.append((node, skip, k, ch))
+            if skip:
+                skips.append(h)
+        for node, skip, k, ch in reversed(ran):
+            unit = self.dec[f"{node}_{skip}_{k}"]
+            h = unit(_fit_channels(h, unit.in_channels))[:, :ch]
+            h = F.relu(h + skips.pop() if skip else h)
+        return self.out(_fit_channels(h, self.out.in_channels))
+
+
+@dataclass(frozen=True)
+class CAEGenotype:
+    """The active chain of an auto-encoder: per encoder layer (kernel, channels, skip), input side first."""
+
+    layers: tuple
+    space = "cae"
+
+    def __post_init__(self):
+        for t, layer in enumerate(self.layers):
+            if (len(layer) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in layer[:2])
+                    or layer[0] < 1 or layer[0] % 2 == 0 or layer[1] < 1 or not isinstance(layer[2], bool)):
+                raise GenotypeError(f"CAE genotype: layer {t} = {layer!r} is not (odd kernel, channels >= 1, skip bool)")
+
+    def to_json(self) -> dict:
+        return {"space": "cae", "layers": [list(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CAEGenotype":
+        if "layers" not in d:
+            raise GenotypeError("malformed CAE genotype JSON: no key 'layers'")
+        return cls(tuple(tuple(_json_list(layer, "CAE genotype layer")) for layer in _json_list(d["layers"], "CAE layers")))
+
+    def __str__(self):
+        return "CAE(" + " ".join(f"{'S' if s else 'D'}{k}x{k}:{ch}" for k, ch, s in self.layers) + ")"
+
+    def dot_lines(self) -> list[str]:
+        names = ["input"] + [f"conv{t} {k}x{k} {ch}{' skip' if s else ' /2'}" for t, (k, ch, s) in enumerate(self.layers)]
+        lines = [f'  "{a}" -> "{b}";' for a, b in zip(names, names[1:] + ["deconv chain -> output"])]
+        return lines + [f'  "{names[t + 1]}" -> "deconv chain -> output" [style=dashed, label="skip"];'
+                        for t, (_, _, s) in enumerate(self.layers) if s]
+
+
+class CAESpace:
+    """ASNG-NAS's inpainting space with categorical and integer variables (main_inpainting_int.py: 20 columns, one
+    row, level-back 5, kernels (1, 3, 5), channels 64..256). Conv node i: a categorical skip flag (2), an integer
+    kernel index in [1, len(k_sizes)], an integer channel count in ch_range, and a categorical input among the
+    min(i + 1, level_back) previous positions (position 0 is the image, p >= 1 node p - 1); the output node: a
+    categorical input among the last min(cols + 1, level_back) positions. Only nodes on the path from the output back
+    to the image are active. It is its own set of search variables (names, categories, integers, decode, genotype)."""
+
+    name = "cae"
+
+    def __init__(self, cols=20, k_sizes=(1, 3, 5), ch_range=(64, 256), level_back=5):
+        if cols < 1 or not 1 <= ch_range[0] < ch_range[1] or level_back < 1 or len(k_sizes) < 2:
+            raise SpaceError(f"CAE space: need cols >= 1, 1 <= min < max channels, >= 2 kernels; got {cols}, {ch_range}, {k_sizes}")
+        self.cols, self.k_sizes, self.ch_range, self.level_back = cols, tuple(k_sizes), tuple(ch_range), level_back
+        self.categories = [k for i in range(cols) for k in (2, min(i + 1, level_back))] + [min(cols + 1, level_back)]
+        self.integers = [r for _ in range(cols) for r in ((1, len(k_sizes)), self.ch_range)]
+        self.names = [f"node{i}/{v}" for i in range(cols) for v in ("skip", "input")] + ["output/input"]
+        self.groups = ["cae"] * len(self.categories)
+
+    def decode(self, cat, z) -> tuple:
+        """Categorical indices and (continuous) integer samples -> the active (node, skip, kernel, channels), input
+        first; integers are clipped to their ranges and rounded (half to even, as numpy)."""
+        cat = [int(c) for c in cat]
+        lo, hi = torch.tensor(self.integers, dtype=torch.float64).T
+        z = torch.round(torch.minimum(torch.maximum(torch.as_tensor(z, dtype=torch.float64), lo), hi)).long().tolist()
+        first = lambda i: i - self.level_back + 1 if i >= self.level_back else 0  # lowest input position of node i
+        active, p = [], first(self.cols) + cat[-1]
+        while p > 0:
+            active.append(p - 1)
+            p = first(p - 1) + cat[2 * (p - 1) + 1]
+        return tuple((n, cat[2 * n], self.k_sizes[z[2 * n] - 1], z[2 * n + 1]) for n in reversed(active))
+
+    def genotype(self, cat, z) -> CAEGenotype:
+        return CAEGenotype(tuple((k, ch, bool(skip)) for _, skip, k, ch in self.decode(cat, z)))
+
+    def supernet(self, in_channels=3) -> CAENetwork:
+        return CAENetwork(self, None, in_channels)
+
+
+GENOTYPE_TYPES["cae"] = CAEGenotype

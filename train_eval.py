@@ -19,6 +19,14 @@ Protocols (defaults = the papers'; every default can be overridden by its flag):
   nb201           the NAS-Bench-201 network (C=16, N=5) with NB201's schedule: SGD nesterov momentum 0.9, lr 0.1
                   cosine to 0 per iteration, wd 5e-4, batch 256, 200 epochs, crop + flip, on cifar10 / cifar100 /
                   imagenet16-120. `--nb201-table` prints the benchmark's accuracy of the same cell beside the run's.
+  enas-cifar      ASNG-NAS's retraining of an ENAS micro cell (main_classification.py): 20 cells, C = the largest value
+                  whose network has <= --params-limit (4.0) million parameters without the auxiliary head (binary
+                  search, as the official code), 600 epochs, batch 80, SGD lr 0.025 cosine (per epoch) to 0, momentum
+                  0.9, wd 3e-4, grad clip 5, drop path 0.3 (linear ramp), auxiliary weight 0.4, cutout 16.
+  cae-inpainting  ASNG-NAS's retraining of a CAE genotype (main_inpainting_int.py): MSE reconstruction of the masked
+                  image (--mask center | random-pixel | random-half), Adam lr 1e-3, batch 16, grad clip 5, lr x0.1 after
+                  2/5 and 4/5 of 500k iterations, on celeba (DATA_DIR/celebA/{train,test}, default) / svhn / any array
+                  set resized to --image-size (64); test MSE, PSNR, SSIM. One process, no --resume.
   nb101           the NAS-Bench-101 network (stem 128, 3 stacks x 3 cells) with NB101's schedule: RMSProp as TF1
                   computes it (decay 0.9, momentum 0.9, epsilon 1.0), lr 0.2 cosine to 0 per step, L2 1e-4 on all
                   weights, batch 256, 108 epochs, crop + flip. (NB101's config says lr 0.1, but its model_fn scales it
@@ -85,6 +93,14 @@ PROTOCOLS = {  # per protocol: network size, optimiser, schedule and regulariser
     "nb101": dict(C=128, layers=3, epochs=108, batch_size=256, lr=0.2, lr_min=0.0, momentum=0.9, wd=1e-4,
                   grad_clip=0.0, auxiliary_weight=0.0, drop_path=0.0, cutout=0, label_smoothing=0.0,
                   warmup_epochs=0, optimizer="rmsprop-tf", schedule="cosine-step"),
+    # ASNG-NAS (shirakawas/ASNG-NAS classification/main_classification.py): C from --params-limit, see enas_channels
+    "enas-cifar": dict(C=None, layers=20, epochs=600, batch_size=80, lr=0.025, lr_min=0.0, momentum=0.9, wd=3e-4,
+                       grad_clip=5.0, auxiliary_weight=0.4, drop_path=0.3, cutout=16, label_smoothing=0.0,
+                       warmup_epochs=0, optimizer="sgd", schedule="cosine-epoch"),
+    # ASNG-NAS inpainting (main_inpainting_int.py): Adam 1e-3, lr x0.1 at 2/5 and 4/5 of 500k iterations, see run_cae
+    "cae-inpainting": dict(C=0, layers=0, epochs=None, batch_size=16, lr=1e-3, lr_min=0.0, momentum=0.9, wd=0.0,
+                           grad_clip=5.0, auxiliary_weight=0.0, drop_path=0.0, cutout=0, label_smoothing=0.0,
+                           warmup_epochs=0, optimizer="adam", schedule="multistep-iter"),
 }
 COMMON = dict(dataset="cifar10", data_dir="./data", train_subset=0, seed=0, device="auto", out_dir="runs", amp=False)
 
@@ -117,6 +133,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (mixed precision)")
     p.add_argument("--nb201-table", default=None, help="NB201 table (arch_str + accuracy columns): print the "
                    "benchmark's accuracy of the same cell next to the run's")
+    p.add_argument("--params-limit", type=data.positive_float, default=None, help="enas: C = the largest with <= this many "
+                   "million parameters, auxiliary head excluded (default 4.0, ASNG-NAS's rule); --C overrides it")
+    p.add_argument("--mask", default=None, choices=data.INPAINT_MASKS, help="cae: the corruption (default center)")
+    p.add_argument("--image-size", type=data.int_at_least(8), default=None, help="cae: images resized to this (default 64)")
     p.add_argument("--seed", type=data.seed, default=None, help="random seed (default 0)")
     p.add_argument("--device", type=data.device_name, default=None, help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--out-dir", type=data.out_dir, default=None, help="results go to OUT_DIR/RUN_NAME/ (default runs)")
@@ -141,25 +161,30 @@ def read_genotype(text: str):
 
 
 def protocol_of(genotype, dataset: str) -> str:
+    if isinstance(genotype, (spaces.EnasGenotype, spaces.CAEGenotype)) and dataset != "imagenet":
+        return "enas-cifar" if isinstance(genotype, spaces.EnasGenotype) else "cae-inpainting"
     if isinstance(genotype, spaces.DartsGenotype):
         return "darts-imagenet" if dataset == "imagenet" else "darts-cifar"
     if dataset == "imagenet":
-        raise spaces.SpaceError("--dataset imagenet (ImageFolder) is for DARTS genotypes; NB201 / NB101 cells train "
-                                "on cifar10 / cifar100 / imagenet16-120 / .npz arrays")
+        raise spaces.SpaceError("--dataset imagenet (ImageFolder) is for DARTS genotypes; NB201 / NB101 / ENAS / CAE "
+                                "cells train on cifar10 / cifar100 / imagenet16-120 / .npz arrays (CAE: also celeba, svhn)")
     return "nb201" if isinstance(genotype, spaces.NB201Genotype) else "nb101"
 
 
 def resolve(args: argparse.Namespace, genotype) -> argparse.Namespace:
     """Fill every flag left unset with the protocol's default; reject flags the protocol has no use for."""
+    if args.dataset is None and isinstance(genotype, spaces.CAEGenotype):
+        args.dataset = "celeba"  # the official inpainting data
     for k, v in COMMON.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.protocol = protocol_of(genotype, args.dataset)
     proto = PROTOCOLS[args.protocol]
-    is_darts, folder = args.protocol.startswith("darts"), args.dataset == "imagenet"
+    is_darts, folder = args.protocol.startswith(("darts", "enas")), args.dataset == "imagenet"
     for flag, ok in (("auxiliary_weight", is_darts), ("drop_path", is_darts), ("cutout", not folder),
                      ("workers", folder), ("lr_min", proto["schedule"] != "linear-epoch"),
-                     ("nb201_table", args.protocol == "nb201")):
+                     ("nb201_table", args.protocol == "nb201"), ("params_limit", args.protocol == "enas-cifar"),
+                     ("mask", args.protocol == "cae-inpainting"), ("image_size", args.protocol == "cae-inpainting")):
         if getattr(args, flag) and not ok:
             raise spaces.SpaceError(f"--{flag.replace('_', '-')} does not apply to the {args.protocol} protocol")
     for k, v in proto.items():
@@ -169,6 +194,10 @@ def resolve(args: argparse.Namespace, genotype) -> argparse.Namespace:
             setattr(args, k, v)
     if folder and args.workers is None:
         args.workers = 8
+    if args.protocol == "enas-cifar" and args.C is not None and args.params_limit is not None:
+        raise spaces.SpaceError("--C and --params-limit both choose the channels: give one")
+    if args.protocol == "cae-inpainting":
+        args.mask, args.image_size = args.mask or "center", args.image_size or 64
     if is_darts and args.layers < 3:
         raise spaces.SpaceError(f"--layers {args.layers}: a DARTS network needs >= 3 cells (reductions at layers//3 "
                                 f"and 2*layers//3)")
@@ -183,6 +212,8 @@ def resolve(args: argparse.Namespace, genotype) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------- network
 def build_network(genotype, args, num_classes: int, in_channels: int = 3) -> nn.Module:
     aux = args.auxiliary_weight > 0
+    if args.protocol == "enas-cifar":
+        return enas_network(genotype, args, num_classes, in_channels)
     if args.protocol == "darts-cifar":
         return spaces.DartsEvalNetwork(genotype, args.C, args.layers, num_classes, aux, in_channels=in_channels)
     if args.protocol == "darts-imagenet":
@@ -366,11 +397,69 @@ def genotype_tag(text: str, genotype) -> str:
     return f"{genotype.space}_" + hashlib.sha1(json.dumps(genotype.to_json(), sort_keys=True).encode()).hexdigest()[:8]
 
 
+# ------------------------------------------------------------------------------- ASNG-NAS's two retrainings
+def enas_network(genotype, args, num_classes: int, in_channels: int) -> nn.Module:
+    """ENAS micro evaluation network; --C unset: the official rule, the largest C in [0, 128) whose network has
+    <= --params-limit (4.0) million parameters without the auxiliary head, by binary search (written to args)."""
+    if args.C is None:
+        args.C = spaces.enas_params_limited_C(genotype, args.params_limit or 4.0, args.layers, num_classes, in_channels)
+    return spaces.EnasNetwork(genotype, args.C, args.layers, num_classes, args.auxiliary_weight > 0, in_channels)
+
+
+def run_cae(args, genotype, world, device) -> dict:
+    """Retrains a CAE genotype (spaces.CAENetwork) as main_inpainting_int.py does: MSE of the masked image's
+    reconstruction, Adam (--lr 1e-3, betas (0.9, 0.999)), grad clip 5, batch 16, lr x0.1 after 2/5 and 4/5 of the
+    steps (500k iterations: --epochs defaults to them rounded up); test MSE / PSNR / SSIM after every epoch. The run
+    lifecycle is data.Run's (checkpoint and --resume, progress, the non-finite stop)."""
+    if world > 1:
+        raise data.DataError("the cae-inpainting protocol runs as one process (the official retraining is single-GPU)")
+    torch.manual_seed(args.seed)
+    train_loader, test_loader, channels = data.inpainting_loaders(args.dataset, args.data_dir, args.batch_size,
+                                                                  args.seed, args.image_size, args.train_subset, False)
+    args.epochs = args.epochs or math.ceil(500_000 / len(train_loader))
+    net = spaces.CAENetwork(genotype=genotype, in_channels=channels).to(device)
+    n_params, steps = spaces.count_parameters(net), args.epochs * len(train_loader)
+    opt = torch.optim.Adam(net.parameters(), args.lr, betas=(args.momentum, 0.999), weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(steps * 2 / 5), int(steps * 4 / 5)], 0.1)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    run = data.Run(args, f"eval_{genotype_tag(args.genotype, genotype)}_{Path(args.dataset).stem}_s{args.seed}")
+    state = {"model": net, "opt": opt, "sched": sched, "mask_gen": gen}
+    if hasattr(train_loader.sampler, "state_dict"):
+        state["data_order"] = train_loader.sampler
+    print(f"cae-inpainting ({args.mask} mask): {genotype}\nparameters: {n_params:,} | {len(train_loader.dataset)} "
+          f"training images on {device}", flush=True)
+    metrics = {}
+    for epoch in range(run.restore(state), args.epochs + 1):
+        t0, sums, net = time.time(), {"train_loss": 0.0}, net.train()
+        for x, _ in run.steps(train_loader, epoch, sums):
+            inp, target = data.inpainting_batch(x, args.mask, gen, device)
+            loss = F.mse_loss(net(inp), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), args.grad_clip)
+            opt.step()
+            sched.step()
+            sums["train_loss"] += loss.item()
+        net.eval()
+        metrics = {"epoch": epoch, "lr": sched.get_last_lr()[0], "train_loss": sums["train_loss"] / len(train_loader),
+                   **data.evaluate_inpainting(net, test_loader, args.mask, device), "epoch_time_s": time.time() - t0}
+        run.end_epoch(state, metrics, show=("train_loss", "test_psnr", "test_ssim", "lr"))
+    metrics = run.history[-1] if run.history else metrics
+    result = {"protocol": args.protocol, "genotype": genotype.to_json(), "genotype_str": str(genotype),
+              "params": n_params, "epochs": args.epochs, **{k: metrics[k] for k in ("test_mse", "test_psnr", "test_ssim")},
+              "train_time_s": time.time() - run.start}
+    print(f"params {n_params / 1e6:.3f}M | test PSNR {result['test_psnr']:.2f} dB, SSIM {result['test_ssim']:.4f}",
+          flush=True)
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype), result_file="summary.json")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     genotype = read_genotype(args.genotype)
     args = resolve(args, genotype)
     rank, world, device = data.init_distributed(args.device)
+    if args.protocol == "cae-inpainting":
+        return run_cae(args, genotype, world, device)
     # everything that can fail on bad input happens before the run directory exists
     data.per_rank_batch(args.batch_size, world)  # raises unless the global batch splits over the ranks
     torch.manual_seed(args.seed)

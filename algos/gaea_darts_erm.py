@@ -58,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: gaea_darts_{erm|bilevel}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
+    if args.space == "enas":  # the ENAS micro cell chooses each node's inputs: there are no edges to weight
+        p.error("--space enas is ASNG-NAS's ENAS micro space (inputs are choices, not edges); gaea_darts_erm.py weights the ops of fixed edges: use algos/asng.py")
     data.check_search_args(args, p)
     return args
 

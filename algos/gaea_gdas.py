@@ -98,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # AutoDL's GDAS uses nesterov, wd 5e-4 and a per-iteration cosine; C=16 as NB201's GDAS (GAEA's egdas config: 24)
     # — the two rules then train the weights alike and differ only in the architecture update.
     args = p.parse_args(argv)
+    if args.space == "enas":  # the ENAS micro cell chooses each node's inputs: there are no edges to weight
+        p.error("--space enas is ASNG-NAS's ENAS micro space (inputs are choices, not edges); gaea_gdas.py weights the ops of fixed edges: use algos/asng.py")
     oneshot = args.space.startswith("nb1shot1")
     for k, v in (("epochs", 100 if oneshot else 150), ("batch_size", 96 if oneshot else 64), ("tau_min", 1.0 if oneshot else 0.1),
                  ("warmup_epochs", 50 if args.arch_update == "eg" and not oneshot else 0)):

@@ -120,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: gaea_pcdarts_{arch_update}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
+    if args.space == "enas":  # the ENAS micro cell chooses each node's inputs: there are no edges to weight
+        p.error("--space enas is ASNG-NAS's ENAS micro space (inputs are choices, not edges); gaea_pcdarts.py weights the ops of fixed edges: use algos/asng.py")
     eg, imagenet, oneshot = args.arch_update == "eg", args.dataset == "imagenet", args.space.startswith("nb1shot1")
     for k, v in (IMAGENET if imagenet else ONESHOT if oneshot else CIFAR).items():  # defaults of the flags left unset
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))

@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
     args = p.parse_args(argv)
+    if args.space == "enas":  # the ENAS micro cell chooses each node's inputs: there are no edges to weight
+        p.error("--space enas is ASNG-NAS's ENAS micro space (inputs are choices, not edges); nasp.py weights the ops of fixed edges: use algos/asng.py")
     if args.space != "darts" and args.ops is not None:
         p.error(f"--ops chooses NASP's DARTS-space op set; {args.space} has its own ops (without `none`)")
     args.batch_size = args.batch_size or (96 if args.space.startswith("nb1shot1") else 64)

@@ -421,7 +421,7 @@ def bench_single_path(cfg: BenchConfig) -> list[Row]:
     asng_net = nb201.supernet(nb201_C, nb201_N, cfg.num_classes).to(cfg.device)
     opt_a, lam = _sgd(asng_net), 2
     variables = asng.ArchVariables(nb201)
-    dist = asng.CategoricalASNG(variables.categories)
+    dist = asng.ASNG(variables.categories)
     dist.theta = F.one_hot(torch.tensor(index), dist.theta.shape[1]).double()  # every sample is the child
     darts_space = nasp.nasp_space(7)
     A = random_arch(darts_space, cfg.seed, cfg.device)

@@ -33,7 +33,7 @@ def small_synthetic(monkeypatch):
 def test_reference_vectors_two_consecutive_updates():
     """Reference note section 2.9 (computed with the official CategoricalASNG): categories [3, 3], x1 = (e0, e0)
     with loss 1, x2 = (e1, e2) with loss 2, updated twice."""
-    a = asng.CategoricalASNG([3, 3], alpha=1.5, delta_init=1.0)
+    a = asng.ASNG([3, 3], alpha=1.5, delta_init=1.0)
     samples = torch.tensor([[0, 0], [1, 2]])
     assert a.N == 4 and a.d_valid == 2 and torch.allclose(a.theta_min, torch.full((2,), 0.25, dtype=torch.float64))
     assert a.update(samples, [1.0, 2.0])
@@ -52,7 +52,7 @@ def test_reference_vectors_two_consecutive_updates():
 
 
 def test_tie_skips_the_whole_update():
-    a = asng.CategoricalASNG([3, 3])
+    a = asng.ASNG([3, 3])
     samples = torch.tensor([[0, 0], [1, 2]])
     assert not a.update(samples, [1.0, 1.0])
     assert torch.equal(a.theta, torch.full((2, 3), 1 / 3, dtype=torch.float64)) and a.Delta == 1.0 and a.gamma == 0.0
@@ -114,14 +114,14 @@ def test_delta_adaptation():
     """First update: ||s||^2 = gamma = beta(2-beta), so Delta_1 = exp(beta^2 (2-beta)(1-1/alpha)). Then a consistent
     signal (the same ranking every step) makes delta grow; alternating rankings make it shrink every step."""
     samples = torch.stack([torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.long)])
-    a = asng.CategoricalASNG([5] * 20, alpha=1.5)
+    a = asng.ASNG([5] * 20, alpha=1.5)
     beta = 1.0 / math.sqrt(80)
     a.update(samples, [1.0, 2.0])
     assert a.Delta == pytest.approx(math.exp(beta ** 2 * (2 - beta) * (1 - 1 / 1.5)), rel=1e-12)
     for _ in range(5):
         a.update(samples, [1.0, 2.0])
     assert a.delta > 1.2
-    b, deltas = asng.CategoricalASNG([5] * 20), [1.0]
+    b, deltas = asng.ASNG([5] * 20), [1.0]
     for t in range(10):
         b.update(samples, [1.0, 2.0] if t % 2 == 0 else [2.0, 1.0])
         deltas.append(b.delta)
@@ -129,7 +129,7 @@ def test_delta_adaptation():
 
 
 def test_sampling_matches_theta_and_mode():
-    a = asng.CategoricalASNG([2, 4])
+    a = asng.ASNG([2, 4])
     a.theta = torch.tensor([[0.3, 0.7, 0.0, 0.0], [0.1, 0.2, 0.6, 0.1]], dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     draws = torch.stack([a.sample(g) for _ in range(20000)])
@@ -141,7 +141,7 @@ def test_sampling_matches_theta_and_mode():
 
 def test_infeasible_floor_is_rejected():
     with pytest.raises(ValueError, match="D_valid"):
-        asng.CategoricalASNG([3])
+        asng.ASNG([3])
 
 
 # --------------------------------------------------------------------------------- variables and single path
@@ -154,7 +154,7 @@ def test_darts_variables_give_two_distinct_inputs_per_node():
     v = asng.ArchVariables(space)
     per_cell = [3, 7, 7, 6, 7, 7, 10, 7, 7]  # node 0: ops only; nodes 1-3: pair + two ops
     assert v.categories == [7, 7] + per_cell + [7, 7] + per_cell and len(v.categories) == 22
-    a, g = asng.CategoricalASNG(v.categories), torch.Generator().manual_seed(0)
+    a, g = asng.ASNG(v.categories), torch.Generator().manual_seed(0)
     for _ in range(50):
         idx = a.sample(g)
         arch, geno = v.decode(idx), v.genotype(idx)
@@ -186,7 +186,7 @@ def test_nb1shot1_variables_sample_valid_cells():
     space = spaces.get_space("nb1shot1-2")
     v = asng.ArchVariables(space)
     assert v.categories == [3, 3, 3, 3, 2, 3, 6, 10] and v.groups[4:] == ["in2", "in3", "in4", "out"]
-    a, gen = asng.CategoricalASNG(v.categories), torch.Generator().manual_seed(0)
+    a, gen = asng.ASNG(v.categories), torch.Generator().manual_seed(0)
     for _ in range(20):
         idx = a.sample(gen)
         arch = v.decode(idx)
@@ -230,7 +230,7 @@ def test_steps_compute_only_the_sampled_ops(space_name):
     space = darts_space() if space_name == "darts" else spaces.get_space("nb201")
     model = space.supernet(C=4, layers=3 if space_name == "darts" else 1, num_classes=10)
     v = asng.ArchVariables(space)
-    a = asng.CategoricalASNG(v.categories)
+    a = asng.ASNG(v.categories)
     drawn, sample = [], a.sample
     a.sample = lambda gen: drawn.append(sample(gen)) or drawn[-1]
     calls = count_op_calls(model)

@@ -21,7 +21,7 @@ def run(tmp_path, tiny_npz):
     return _run
 
 
-@pytest.mark.parametrize("space", spaces.SPACES)
+@pytest.mark.parametrize("space", [s for s in spaces.SPACES if s != "enas"])  # enas: asng.py only
 def test_smoke_every_space_writes_all_outputs(run, tmp_path, space):
     layers = ["--layers", "3"] if space == "darts" else ["--layers", "1"]
     res = run(tmp_path, "--space", space, *layers)

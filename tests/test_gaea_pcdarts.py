@@ -166,7 +166,7 @@ def test_genotype_ranks_edges_by_edge_weight_times_op_weight():
 
 # ------------------------------------------------------------------------------------ smoke runs
 @pytest.mark.parametrize("mode", ["eg", "softmax-adam"])
-@pytest.mark.parametrize("space", spaces.SPACES)
+@pytest.mark.parametrize("space", [s for s in spaces.SPACES if s != "enas"])  # enas: asng.py only
 def test_smoke_every_space_both_arch_updates(tmp_path, tiny_npz, space, mode):
     res = _run(tmp_path, tiny_npz, "--space", space, "--arch-update", mode, *_size_args(space))
     run = Path(res["run_dir"])

@@ -217,7 +217,7 @@ def test_nb1shot1_loose_ends_are_dropped():
 
 
 # ---------------------------------------------------------------------------------- supernets / edges
-@pytest.mark.parametrize("name", S.SPACES)
+@pytest.mark.parametrize("name", [s for s in S.SPACES if s != "enas"])  # enas has no weights
 def test_supernet_forward_backward_every_space(name):
     torch.manual_seed(0)
     space = S.get_space(name)
