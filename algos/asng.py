@@ -25,7 +25,7 @@ NAS-Bench-201, with the benchmark's accuracy of the mode architecture each epoch
 add --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz):
     python algos/asng.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 NAS-Bench-1Shot1 search space 2 (returns an NB101 spec for train_eval.py --genotype):
-    python algos/asng.py --space nb1shot1-2
+    python algos/asng.py --space nb1shot1-2 --nb101-table nasbench_only108.tfrecord
 Offline quick start on the real CIFAR-10 subset:
     python algos/asng.py --space nb201 --dataset ../shared/data/images/cifar10_partial.npz --epochs 2 --C 8 --layers 1
 """
@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ASNG-NAS search (defaults: the paper's CIFAR-10 search setting).")
     p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
     data.add_common_args(p)
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--single-level", action="store_true", help="theta steps on training batches instead of a held-out half")
     p.add_argument("--epochs", type=data.positive_int, default=100, help="search epochs")
     p.add_argument("--batch-size", type=data.positive_int, default=None, help="batch size of both steps (64; nb1shot1: 96)")
@@ -312,6 +313,7 @@ def main(argv=None) -> dict:
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
     model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device)
     asng = CategoricalASNG(variables.categories, args.alpha, args.delta_init)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -342,6 +344,7 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(asng, variables).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
         run.end_epoch(state, metrics, {"theta": asng.theta})
 
     mode = asng.mode()
