@@ -829,6 +829,8 @@ def check_search_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     """Cross-flag checks every search command line shares; parser.error prints usage + one line (exit 2)."""
     if args.nb201_table and args.space != "nb201":
         parser.error("--nb201-table needs --space nb201")
+    if getattr(args, "nb101_table", None) and not args.space.startswith("nb1shot1"):
+        parser.error("--nb101-table needs --space nb1shot1-1, nb1shot1-2 or nb1shot1-3")
     if args.space == "darts" and args.layers is not None and args.layers < 3:
         parser.error(f"--layers {args.layers}: the DARTS space needs >= 3 cells (reduction cells sit at layers//3 "
                      f"and 2*layers//3, so fewer leave no normal cell to search)")
@@ -1301,7 +1303,7 @@ class Run:
             self.writer.flush()
         per_epoch = (time.time() - self.start) / max(epoch, 1)
         eta = datetime.timedelta(seconds=round(per_epoch * max(self.epochs - epoch, 0)))
-        shown = [f"{k} {_fmt(metrics[k])}" for k in show if k in metrics]
+        shown = [f"{k} {_fmt(metrics[k])}" for k in show if metrics.get(k) is not None]
         print(" | ".join([f"epoch {epoch}/{self.epochs}", *shown, f"{per_epoch:.1f}s/epoch", f"ETA {eta}"]), flush=True)
 
     def finish(self, result: dict, genotype, dot: str | None, result_file: str = "genotype.json") -> dict:
@@ -1596,3 +1598,232 @@ def inpainting_batch(x: torch.Tensor, mask: str, generator: torch.Generator, dev
     x = x.to(device).float() / 255
     x = torch.where(torch.rand(len(x), 1, 1, 1, generator=generator).to(device) < 0.5, x.flip(-1), x)
     return mask_images(x, mask, generator), x
+
+
+# ---- NAS-Bench-101 without TensorFlow: TFRecord, ModelMetrics, cache, 1Shot1 regret (belongs in Part I: data)
+# Record layout (google-research/nasbench nasbench/api.py): each TFRecord record is the JSON list [module_hash,
+# epochs, adjacency as a 0/1 string, ops joined by ',', base64 ModelMetrics]; one record per training repeat (3 per
+# cell and budget); the final evaluation is evaluation_data[2]. ModelMetrics (nasbench/lib/model_metrics.proto):
+# 1 evaluation_data (repeated message), 2 trainable_parameters (int32); EvaluationData: 1 current_epoch,
+# 2 training_time, 3 train_accuracy, 4 validation_accuracy, 5 test_accuracy (doubles). Decoded by hand (no protobuf).
+# TFRecord framing: uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data (little-endian).
+# Best single-run errors per 1Shot1 space, automl/nasbench-1shot1 nasbench_analysis/search_spaces/search_space_{1,2,3}.py
+# (test_min_error / valid_min_error); regret there = mean error over the 3 repeats minus these
+# (experiments/analysis/experiment_database.py get_key_from_scalar_configs). We log both in percent points.
+NB1SHOT1_MIN_ERROR = {1: (0.05448716878890991, 0.049278855323791504), 2: (0.057592153549194336, 0.051582515239715576),
+                      3: (0.05338543653488159, 0.04847759008407593)}  # (test, valid)
+_CRC32C = np.arange(256, dtype=np.uint32)
+for _ in range(8):  # reflected Castagnoli polynomial 0x82F63B78, one table entry per byte value
+    _CRC32C = np.where(_CRC32C & 1, (_CRC32C >> 1) ^ np.uint32(0x82F63B78), _CRC32C >> 1).astype(np.uint32)
+
+
+def masked_crc32c(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """TFRecord's masked CRC-32C of many byte ranges of `buf` (uint8) at once: one table step per byte position,
+    vectorised over the ranges (longest first, so the ranges still running are a prefix)."""
+    order = np.argsort(-lengths, kind="stable")
+    s, n, crc = starts[order], lengths[order], np.full(len(starts), 0xFFFFFFFF, np.uint32)
+    for j in range(int(n.max(initial=0))):
+        k = int(np.searchsorted(-n, -j, side="left"))  # ranges longer than j
+        crc[:k] = _CRC32C[(crc[:k] ^ buf[s[:k] + j]) & 0xFF] ^ (crc[:k] >> 8)
+    crc = (crc ^ np.uint32(0xFFFFFFFF)).astype(np.uint64)
+    out = np.empty_like(crc)
+    out[order] = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+    return out
+
+
+def read_tfrecord(path) -> list[bytes]:
+    """The records of a TFRecord file, every length and data CRC checked."""
+    buf = np.fromfile(path, dtype=np.uint8)
+    starts, pos = [], 0
+    while pos < len(buf):
+        if pos + 12 > len(buf):
+            raise DataError(f"{path}: truncated TFRecord header at byte {pos}")
+        n = int(buf[pos:pos + 8].view("<u8")[0])
+        starts.append(pos)
+        pos += 16 + n
+        if pos > len(buf):
+            raise DataError(f"{path}: truncated TFRecord at byte {starts[-1]} (record of {n} bytes)")
+    starts = np.array(starts, dtype=np.int64)
+    lengths = np.array([int(buf[p:p + 8].view("<u8")[0]) for p in starts], dtype=np.int64)
+    stored = lambda at: buf[(at[:, None] + np.arange(4)).ravel()].reshape(-1, 4).view("<u4")[:, 0]  # noqa: E731
+    for what, s, n, at in (("length", starts, np.full(len(starts), 8), starts + 8),
+                           ("data", starts + 12, lengths, starts + 12 + lengths)):
+        bad = np.flatnonzero(masked_crc32c(buf, s, n) != stored(at))
+        if len(bad):
+            raise DataError(f"{path}: {what} CRC mismatch in record {bad[0]} (byte {starts[bad[0]]}): corrupt file")
+    return [buf[p + 12:p + 12 + n].tobytes() for p, n in zip(starts.tolist(), lengths.tolist())]
+
+
+def _pb_fields(msg: bytes) -> dict[int, list]:
+    """Protocol-buffer wire format -> {field number: [values]}: varint -> int, 64-bit -> float (double),
+    length-delimited -> bytes, 32-bit -> bytes."""
+    out, i = {}, 0
+
+    def varint():
+        nonlocal i
+        v = shift = 0
+        while True:
+            b = msg[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+    try:
+        while i < len(msg):
+            key = varint()
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                v = varint()
+            elif wire == 1:
+                v, i = float(np.frombuffer(msg, "<f8", 1, i)[0]), i + 8
+            elif wire in (2, 5):
+                n = varint() if wire == 2 else 4
+                v, i = msg[i:i + n], i + n
+            else:
+                raise DataError(f"protobuf: unsupported wire type {wire}")
+            out.setdefault(field, []).append(v)
+    except (IndexError, ValueError) as err:  # ran past the end of the message
+        raise DataError(f"protobuf: truncated message ({err})") from err
+    if i != len(msg):
+        raise DataError("protobuf: truncated message")
+    return out
+
+
+def nb101_record(record: bytes) -> tuple[str, int, dict]:
+    """One NB101 TFRecord record -> (module_hash, epochs, {test, valid, train_time, params}) of its final evaluation."""
+    import base64
+    import binascii
+    try:
+        module_hash, epochs, _, _, raw = json.loads(record)
+        metrics = _pb_fields(base64.b64decode(raw, validate=True))
+        final = _pb_fields(metrics[1][2])
+        return str(module_hash), int(epochs), {"test": final[5][-1], "valid": final[4][-1],
+                                               "train_time": final[2][-1], "params": float(metrics[2][-1])}
+    except (ValueError, TypeError, KeyError, IndexError, binascii.Error) as err:  # JSONDecodeError is a ValueError
+        raise DataError(f"not an NB101 record ({type(err).__name__}: {err})") from err
+
+
+class NB101Table:
+    """NB101 at 108 epochs by module hash: mean over the repeats of test / validation accuracy and training time
+    (fractions, seconds), parameters, number of repeats; NaN where the source has no such column."""
+    COLS = ("test", "valid", "train_time", "params", "repeats")
+
+    def __init__(self, hashes, cols: dict, source: str):
+        order = np.argsort(hashes)
+        self.hashes, self.source = np.asarray(hashes, dtype="S32")[order], source
+        self.cols = {c: np.asarray(cols[c], dtype=np.float64)[order] for c in self.COLS}
+
+    @classmethod
+    def from_rows(cls, rows, source: str) -> "NB101Table":
+        """rows: (module_hash, {column: value}) pairs, several per hash (the repeats) -> means per hash."""
+        sums = {}
+        for key, row in rows:
+            acc = sums.setdefault(key, {c: [] for c in cls.COLS[:-1]})
+            for c in acc:
+                acc[c].append(row.get(c, math.nan))
+        if not sums:
+            raise DataError(f"{source} holds no 108-epoch NB101 rows")
+        cols = {c: [float(np.mean(v[c])) for v in sums.values()] for c in cls.COLS[:-1]}
+        return cls(list(sums), {**cols, "repeats": [len(v["test"]) for v in sums.values()]}, source)
+
+    def __len__(self):
+        return len(self.hashes)
+
+    def get(self, key: str) -> dict | None:
+        i = int(np.searchsorted(self.hashes, key.encode()))
+        if i == len(self.hashes) or self.hashes[i] != key.encode():
+            return None
+        return {c: float(v[i]) for c, v in self.cols.items()}
+
+
+def _nb101_cache_path(path: Path) -> Path:
+    """`<file>.nasref.npz` beside the file, or under $XDG_CACHE_HOME/nasref (~/.cache/nasref) if that folder is
+    read-only."""
+    if os.access(path.parent, os.W_OK):
+        return path.with_name(path.name + ".nasref.npz")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasref"
+    return root / f"{path.name}.{path.stat().st_size}.nasref.npz"
+
+
+def load_nb101(path: str) -> NB101Table:
+    """An NB101 table from the official `nasbench_only108.tfrecord` / `nasbench_full.tfrecord` (108-epoch records
+    kept; the first read writes a compact cache, see _nb101_cache_path, that later reads load in about a second),
+    or from a CSV (.gz) keyed by `module_hash` or by `matrix` + `ops` columns (e.g. NASLib's sample), with
+    accuracy columns `test_accuracy` and `validation_accuracy` / `val_accuracy` (percent values are scaled to
+    fractions), and optional `params`, `training_time`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"NB101 table not found: {path}")
+    if ".csv" in p.suffixes:
+        return _nb101_from_csv(p)
+    cache, stamp = _nb101_cache_path(p), np.array([p.stat().st_size, p.stat().st_mtime_ns])
+    if cache.is_file():
+        with np.load(cache) as z:
+            if np.array_equal(z["stamp"], stamp):
+                return NB101Table(z["hashes"], {c: z[c] for c in NB101Table.COLS}, str(p))
+    rows = [(h, r) for h, e, r in map(nb101_record, read_tfrecord(p)) if e == 108]
+    table = NB101Table.from_rows(rows, str(p))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, stamp=stamp, hashes=table.hashes, **table.cols)
+        os.replace(tmp, cache)
+    except OSError as err:  # no writable cache folder: the table is still good, the next read is slow again
+        warnings.warn(f"could not write the NB101 cache {cache}: {err}")
+    return table
+
+
+def _nb101_from_csv(p: Path) -> NB101Table:
+    import spaces  # imported here: spaces does not depend on data
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        head = reader.fieldnames or []
+        if "module_hash" not in head and not {"matrix", "ops"} <= set(head):
+            raise DataError(f"{p}: an NB101 CSV needs a module_hash column or matrix + ops columns (header: {head})")
+        names = {"test": ("test_accuracy",), "valid": ("validation_accuracy", "val_accuracy"),
+                 "params": ("trainable_parameters",), "train_time": ("training_time",)}
+        cols = {c: next((n for n in ns if n in head), None) for c, ns in names.items()}
+        rows = []
+        for row in reader:
+            if "module_hash" in head:
+                key = row["module_hash"]
+            else:
+                bits = [int(b) for b in row["matrix"].replace(";", "")]
+                n = math.isqrt(len(bits))
+                try:
+                    spec = spaces.NB101Spec(tuple(tuple(bits[i * n:(i + 1) * n]) for i in range(n)),
+                                            tuple(row["ops"].split(",")))
+                    key = spaces.nb101_hash(spec)
+                except spaces.GenotypeError as err:
+                    raise DataError(f"{p}: bad cell {row['matrix']} {row['ops']}: {err}") from err
+            vals = {c: float(row[n]) for c, n in cols.items() if n and row[n] not in ("", None)}
+            for c in ("test", "valid"):
+                if c in vals and vals[c] > 1.0:  # percent
+                    vals[c] /= 100.0
+            rows.append((key, vals))
+    return NB101Table.from_rows(rows, str(p))
+
+
+def nb101_metrics(table: NB101Table | None, genotype, space: str) -> dict:
+    """A derived 1Shot1 cell's NB101 numbers for metrics.jsonl: `nb101_test` / `nb101_valid` (percent, mean of the
+    repeats), `nb101_test_regret` / `nb101_valid_regret` (percent points above the space's best single run),
+    `nb101_params`, `nb101_hash`; null values and `nb101_missing` (the reason) for a cell the table lacks."""
+    if table is None:
+        return {}
+    import spaces  # imported here: spaces does not depend on data
+    null = {"nb101_test": None, "nb101_valid": None, "nb101_test_regret": None, "nb101_valid_regret": None}
+    try:
+        key = spaces.nb101_hash(genotype)
+    except (spaces.GenotypeError, AttributeError) as err:
+        return {**null, "nb101_missing": f"not an NB101 cell: {err}"}
+    row = table.get(key)
+    if row is None:
+        return {**null, "nb101_hash": key, "nb101_missing": f"hash {key} is not in {table.source}"}
+    test_min, valid_min = NB1SHOT1_MIN_ERROR[int(space.rsplit("-", 1)[1])]
+    return {"nb101_test": 100 * row["test"], "nb101_valid": 100 * row["valid"],
+            "nb101_test_regret": 100 * ((1 - row["test"]) - test_min),
+            "nb101_valid_regret": 100 * ((1 - row["valid"]) - valid_min),
+            "nb101_params": row["params"], "nb101_hash": key}

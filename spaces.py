@@ -1556,3 +1556,26 @@ class CAESpace:
 
 
 GENOTYPE_TYPES["cae"] = CAEGenotype
+
+
+# ===================================================================== NB101 graph hash ====
+def nb101_hash(spec: NB101Spec) -> str:
+    """NAS-Bench-101's look-up key of a cell: the MD5 module hash of the pruned spec, equal for isomorphic cells.
+    Labels: input -1, output -2, an op its index in NB101_OPS. Each vertex starts as the MD5 of the text
+    `(out-degree, in-degree, label)`; then, once per vertex, every vertex becomes the MD5 of its in-neighbours'
+    hashes sorted and joined, '|', its out-neighbours' likewise, '|', its own hash; the key is the MD5 of the
+    sorted list's Python text. Facts: google-research/nasbench lib/graph_util.py (hash_module),
+    lib/model_spec.py (hash_spec, labels), lib/config.py (available_ops order)."""
+    import hashlib
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+    spec = spec.pruned()
+    m, n = spec.matrix, len(spec.matrix)
+    labels = [-1] + [NB101_OPS.index(op) for op in spec.ops[1:-1]] + [-2]
+    h = [md5(str((sum(m[v]), sum(m[u][v] for u in range(n)), labels[v]))) for v in range(n)]
+    for _ in range(n):
+        h = [md5("".join(sorted(h[u] for u in range(n) if m[u][v])) + "|"
+                 + "".join(sorted(h[w] for w in range(n) if m[v][w])) + "|" + h[v]) for v in range(n)]
+    return md5(str(sorted(h)))

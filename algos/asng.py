@@ -58,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split-file", default=None, help="bilevel: NB201 split file instead of --train-portion")
     p.add_argument("--train-subset", type=data.nonneg_int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--single-level", action="store_true", help="theta steps on training batches instead of a held-out half")
     p.add_argument("--epochs", type=data.positive_int, default=100, help="search epochs (classification)")
     p.add_argument("--iters", type=data.positive_int, default=50000, help="inpainting: weight steps (rounded up to whole epochs)")
@@ -349,16 +350,15 @@ def main(argv=None) -> dict:
     asng = ASNG(variables.categories, args.alpha, args.delta_init, variables.integers)
     opt = torch.optim.SGD(model.to(device).parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs * steps, eta_min=args.lr_min)
-    table, arch_gen = data.load_table(args.nb201_table) if args.nb201_table else None, torch.Generator().manual_seed(args.seed + 1)
+    table, nb101 = (args.nb201_table and data.load_table(args.nb201_table)), (args.nb101_table and data.load_nb101(args.nb101_table))
+    arch_gen = torch.Generator().manual_seed(args.seed + 1)
     reconstruction = lambda out, y: (F.mse_loss(out, y), data.psnr(out.detach(), y).mean().item())  # loss, PSNR (dB)
     loss_fn, score = (reconstruction, "psnr") if inpaint else (cross_entropy, "acc")
     run = data.Run(args, f"asng_{f'inpainting_{args.mask}' if inpaint else args.space}_{Path(args.dataset).stem}_s{args.seed}", argv)
-    # everything the next epoch depends on (checkpointed each epoch; data.py adds the torch/numpy/python RNGs)
-    state = {"model": model, "asng": vars(asng), "opt": opt, "sched": sched, "augment_gen": gen,
-             "sample_gen": arch_gen, "data_order": paired}
+    state = {"model": model, "asng": vars(asng), "opt": opt, "sched": sched,  # what the next epoch depends on
+             "augment_gen": gen, "sample_gen": arch_gen, "data_order": paired}  # (checkpointed; data.py adds the RNGs)
     for epoch in range(run.restore(state), args.epochs + 1):
-        t0, skipped = time.time(), 0
-        sums = {"train_loss": 0.0, f"train_{score}": 0.0, "valid_loss": 0.0, f"valid_{score}": 0.0}
+        t0, skipped, sums = time.time(), 0, {"train_loss": 0.0, f"train_{score}": 0.0, "valid_loss": 0.0, f"valid_{score}": 0.0}
         for (x, y), (xv, yv) in run.steps(paired, epoch, sums):
             x, y, xv, yv = prep(x, y, xv, yv)
             # ALGO LOGIC: W step on sampled architectures first, then the theta step on fresh samples
@@ -376,14 +376,14 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         rows = {g: asng.theta[[v for v, gv in enumerate(variables.groups) if gv == g]] for g in dict.fromkeys(variables.groups)}
         metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(rows).items()})  # zero padding adds 0
-        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update({**data.oracle_metrics(table, genotype, args.dataset), **data.nb101_metrics(nb101, genotype, args.space)})
         run.end_epoch(state, metrics, {"theta": asng.theta}, show=("train_loss", "theta_convergence", "delta", "oracle_test"))
 
     mode = (asng.mode(), asng.theta_int[0].clone())
     genotype = variables.genotype(*mode)
     result = {"algorithm": "asng", "task": args.task, "search_space": space.name, "genotype": genotype.to_json(),
-              "genotype_str": str(genotype), "search_time_s": time.time() - run.start, "delta": asng.delta,
-              "theta_convergence": asng.convergence(),
+              "genotype_str": str(genotype), "search_time_s": time.time() - run.start,
+              "delta": asng.delta, "theta_convergence": asng.convergence(),
               "theta": {n: asng.theta[v, :k].tolist() for v, (n, k) in enumerate(zip(variables.names, variables.categories))}}
     if inpaint:  # the supernet with the mode architecture on the test images (the official evaluate())
         model.eval()

@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=(0.5, 0.999), help="Adam betas of the architecture logits")
     p.add_argument("--arch-wd", type=data.nonneg_float, default=1e-3, help="Adam weight decay of the architecture logits")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
@@ -215,6 +216,7 @@ def main(argv=None) -> dict:
     # DEVIATION: under torchrun every rank's BatchNorm normalises with the statistics of its own shard (batch / ranks
     # images), not of the global batch, and the running statistics are rank 0's (DDP broadcasts buffers) — plain DDP,
     # as data-parallel NAS code runs; SyncBatchNorm would add an all-reduce per BatchNorm layer. One process: unchanged.
+    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels).to(device), device)
     alphas = init_alphas(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
@@ -250,6 +252,7 @@ def main(argv=None) -> dict:
         with torch.no_grad():
             metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(mixture_weights(alphas)).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
         run.end_epoch(state, metrics, mixture_weights(alphas),
                       show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_test"))
 

@@ -28,7 +28,7 @@ The GDAS baseline (NB201 paper: 250 epochs); direct search on CIFAR-100 (weights
     python algos/gaea_gdas.py --arch-update softmax-adam --epochs 250
     python algos/gaea_gdas.py --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz
 NAS-Bench-1Shot1 search space 1 (NB101 spec for train_eval.py --genotype):
-    python algos/gaea_gdas.py --space nb1shot1-1
+    python algos/gaea_gdas.py --space nb1shot1-1 --nb101-table nasbench_only108.tfrecord
 DARTS search space:
     python algos/gaea_gdas.py --space darts --epochs 50
 Offline quick start on the real CIFAR-100 subset:
@@ -89,6 +89,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=None, help="softmax-adam only: Adam betas (0.5 0.999)")
     p.add_argument("--arch-wd", type=data.nonneg_float, default=None, help="softmax-adam only: Adam weight decay of the logits (1e-3)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
@@ -282,6 +283,7 @@ def main(argv=None) -> dict:
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
     edge = spaces.MixedEdge if args.selected_only else GDASEdge
     model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=edge)
     model = model.to(device)
@@ -321,6 +323,7 @@ def main(argv=None) -> dict:
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(distribution(arch, args.arch_update)).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
         run.end_epoch(state, metrics, distribution(arch, args.arch_update),
                       show=("train_loss", "train_acc", "arch_acc", "tau", "entropy_normal", "oracle_test"))
 

@@ -28,7 +28,7 @@ NAS-Bench-201 with the benchmark's accuracy of the derived cell each epoch; dire
     python algos/gaea_pcdarts.py --space nb201 --batch-size 64 --dataset imagenet16-120 \
         --split-file ../shared/data/nb201/splits/imagenet-16-120-test-split.txt.gz
 NAS-Bench-1Shot1 search space 3 (NB101 spec for train_eval.py --genotype):
-    python algos/gaea_pcdarts.py --space nb1shot1-3
+    python algos/gaea_pcdarts.py --space nb1shot1-3 --nb101-table nasbench_only108.tfrecord
 Search directly on ImageNet (PC-DARTS' protocol, GAEA's 24.0% top-1 setting; DIR/train is an ImageFolder), 8 GPUs:
     torchrun --nproc_per_node 8 algos/gaea_pcdarts.py --dataset imagenet --data-dir DIR [--arch-update softmax-adam]
   weights on 10% and architecture on 2.5% of every class (disjoint, seed 0: data.per_class_subsets; or --subset-files),
@@ -114,6 +114,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch-betas", type=data.fraction, nargs=2, default=None, help="softmax-adam only: Adam betas (default 0.5 0.999)")
     p.add_argument("--arch-wd", type=data.nonneg_float, default=None, help="softmax-adam only: Adam weight decay (default 1e-3)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
@@ -332,6 +333,7 @@ def main(argv=None) -> dict:
             train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
     # EXTENSION: the PC-DARTS baseline (softmax-adam) on nb201, which neither the PC-DARTS nor the NB201 paper ran
+    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
     edge = functools.partial(PartialChannelEdge, k=args.partial_k)
     stem = {"stem": "imagenet"} if imagenet else {}  # PC-DARTS ImageNet: three stride-2 convolutions, 224 -> 28 px
     # DEVIATION: under torchrun every rank's BatchNorm uses the statistics of its own shard (batch / ranks images), not
@@ -370,6 +372,7 @@ def main(argv=None) -> dict:
                    "lr": sched.get_last_lr()[0], "epoch_time_s": time.time() - t0, "genotype": str(genotype)}
         metrics.update(mean_entropy(*fixed_weights(alphas, edges, layout, mode), layout))
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
         run.end_epoch(state, metrics, combined_weights(space, alphas, edges, layout, mode),
                       show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "oracle_test"))
 

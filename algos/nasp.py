@@ -33,7 +33,7 @@ On NAS-Bench-201, with the benchmark's accuracy of the derived cell each epoch (
 add --dataset imagenet16-120 --split-file ../shared/data/nb201/splits/imagenet-16-120-test-split.txt.gz):
     python algos/nasp.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
 On NAS-Bench-1Shot1 search space 3 (NB101 spec for train_eval.py --genotype):
-    python algos/nasp.py --space nb1shot1-3
+    python algos/nasp.py --space nb1shot1-3 --nb101-table nasbench_only108.tfrecord
 """
 from __future__ import annotations
 
@@ -82,6 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="value of a kept entry of A_bar: one (official code) or A's own value (the paper's prox onto C1)")
     p.add_argument("--reg", type=data.nonneg_float, default=0.0, help="eta of the model-size regulariser R(A) (Eq. 8 of the paper); 0 = off")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
@@ -288,6 +289,7 @@ def main(argv=None) -> dict:
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
     table = data.load_table(args.nb201_table) if args.nb201_table else None
+    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
     model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=NaspEdge).to(device)
     A = init_arch(space, device)
     rel_size = size_weights(space, device)
@@ -330,6 +332,7 @@ def main(argv=None) -> dict:
                    "size_term": float(size_penalty(abar, rel_size)), "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
         run.end_epoch(state, metrics, A,
                       show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes", "oracle_test"))
 

@@ -39,7 +39,7 @@ direct search on CIFAR-100 (weights on the train set, architecture on the test s
     python algos/xnas.py --space nb201 --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
     python algos/xnas.py --space nb201 --dataset cifar100 --split-file ../shared/data/nb201/splits/cifar100-test-split.txt.gz
 NAS-Bench-1Shot1 search space 2 (NB101 spec for train_eval.py --genotype):
-    python algos/xnas.py --space nb1shot1-2
+    python algos/xnas.py --space nb1shot1-2 --nb101-table nasbench_only108.tfrecord
 One search on 8 GPUs (DDP weights, architecture gradients averaged over the ranks; --batch-size is the global batch):
     torchrun --nproc_per_node 8 algos/xnas.py --batch-size 512
 Offline quick start on the real CIFAR-10 subset:
@@ -88,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="L: per-sample max-abs bound of every expert loss; sets eta and the wipeout margin")
     p.add_argument("--no-wipeout", action="store_true", help="ablation: never remove ops (plain exponentiated gradient)")
     p.add_argument("--nb201-table", default=None, help="CSV with arch_str + accuracy columns: log the derived cell's benchmark accuracy")
+    p.add_argument("--nb101-table", default=None, help="nb1shot1: nasbench_only108.tfrecord (or nasbench_full, or an NB101 CSV): log the derived cell's NB101 accuracy and test regret")
     p.add_argument("--seed", type=data.seed, default=2, help="random seed")
     p.add_argument("--device", type=data.device_name, default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
@@ -263,6 +264,7 @@ def main(argv=None) -> dict:
     # DEVIATION: under torchrun every rank's BatchNorm normalises with the statistics of its own shard (batch / ranks
     # images), not of the global batch, and the running statistics are rank 0's (DDP broadcasts buffers) — plain DDP,
     # as data-parallel NAS code runs; SyncBatchNorm would add an all-reduce per BatchNorm layer. One process: unchanged.
+    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
     # torchrun: wiped-out ops are never computed, so DDP must expect parameters without gradient
     model = data.wrap_ddp(space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=XnasEdge).to(device), device, True)
     keep = space.parents() if isinstance(space, spaces.NB1Shot1Space) else {}  # 1Shot1: inputs each row keeps
@@ -304,6 +306,7 @@ def main(argv=None) -> dict:
         metrics.update({f"entropy_{g}": h for g, h in spaces.mean_entropy(mixture_weights(log_w)).items()})
         metrics.update({f"wiped_{g}": n for g, n in wiped_counts(log_w).items()})
         metrics.update(data.oracle_metrics(table, genotype, args.dataset))
+        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
         run.end_epoch(state, metrics, mixture_weights(log_w),
                       show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "wiped_normal", "oracle_test"))
 

@@ -174,7 +174,7 @@ def test_enas_supernet_runs_only_the_sampled_child():
 
 
 def test_enas_search_and_retrain_under_a_parameter_budget(tmp_path, monkeypatch):
-    monkeypatch.setattr(asng.data, "search_loaders", functools.partial(data.search_loaders, synthetic_size=(128, 64)))
+    monkeypatch.setattr(data, "load_arrays", functools.partial(data.load_arrays, synthetic_size=(128, 64)))
     res = asng.main(["--space", "enas", "--dataset", "synthetic", "--train-subset", "32", "--batch-size", "16",
                      "--epochs", "1", "--C", "4", "--layers", "3", "--device", "cpu", "--out-dir", str(tmp_path)])
     g = spaces.parse_genotype(res["run_dir"])
