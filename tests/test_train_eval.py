@@ -270,7 +270,7 @@ def test_torchrun_two_processes_gloo(tiny_npz, tmp_path):
     runs = list(out.iterdir())
     assert len(runs) == 1  # rank 0 writes, the other rank does not
     assert [json.loads(line)["epoch"] for line in (runs[0] / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    assert proc.stdout.count("results in") == 1 and proc.stdout.count("epoch 2/2") == 1
+    assert proc.stdout.count("results in") == 1 and proc.stdout.count("epoch 2/2 |") == 1
     ckpt = torch.load(runs[0] / "checkpoint.pt", weights_only=True)
     assert ckpt["settings"]["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # each rank its own drop-path stream
