@@ -223,10 +223,10 @@ def clip_factor(grads, max_norm: float) -> float:
     return min(1.0, max_norm / (torch.cat([g.reshape(-1) for g in grads]).norm().item() + 1e-6))
 
 
-def lm_unrolled_arch_grads(model, alphas, batch, hidden, arch_batch, hidden_a, xi, wd, clip):
+def lm_unrolled_arch_grads(model, alphas, batch, hidden, arch_batch, hidden_a, xi, wd, clip, r=1e-2):
     """Second order as rnn/architect.py: w' = w - xi (c grad_w L_train + wd w), c = the clip factor of grad_w,
     no momentum (the RNN search's SGD has none); grad_alpha L_val(w', alpha) - xi c H v, v = grad_w' L_val(w')
-    clipped to `clip`, H v by central differences at w (eps = 0.01 / ||v||). PAPER: Eq. (6)-(8).
+    clipped to `clip`, H v by central differences at w (eps = r / ||v||). PAPER: Eq. (6)-(8).
     Returns (one gradient per alpha group, L_val at w', the architecture stream's next hidden)."""
     # DEVIATION: c is capped at 1; rnn/architect.py scales the implicit term by max_norm / norm even when that is > 1
     names, params = zip(*model.named_parameters())
@@ -241,7 +241,7 @@ def lm_unrolled_arch_grads(model, alphas, batch, hidden, arch_batch, hidden_a, x
     _, nll, hidden_a = spaces.lm_loss(call(w_virtual), *arch_batch, hidden_a, mixture_weights(alphas))
     g = torch.autograd.grad(nll, alpha_list + list(w_virtual.values()))
     v = [t * clip_factor(g[len(alpha_list):], clip) for t in g[len(alpha_list):]]
-    eps = 1e-2 / torch.cat([t.reshape(-1) for t in v]).norm()
+    eps = r / torch.cat([t.reshape(-1) for t in v]).norm()
     hv = [torch.autograd.grad(spaces.lm_loss(call({n: p.detach() + sign * eps * t for n, p, t in zip(names, params, v)}),
                                              *batch, hidden, mixture_weights(alphas))[1], alpha_list) for sign in (1, -1)]
     return [ga - xi * c * (gp - gn) / (2 * eps) for ga, gp, gn in zip(g[:len(alpha_list)], *hv)], nll.item(), hidden_a.detach()
