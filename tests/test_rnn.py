@@ -3,6 +3,7 @@ import importlib
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,14 @@ def test_bad_rnn_input_is_refused_in_one_line(corpus, tmp_path, capsys):
     with pytest.raises(data.DataError, match="put the corpus there"):
         darts.main(["--space", "rnn", "--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path)])
     assert not any(tmp_path.glob("darts_rnn*"))  # nothing half-written
+
+
+def test_speed_benchmark_rows_at_tiny_size():
+    """benchmarks/speed.py --only rnn: its three rows and their ratios (logic only: no timing is asserted)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import speed
+    rows = speed.main(["--only", "rnn", "--repeats", "1", "--warmup", "0", "--rnn-nhid", "8", "--rnn-batch", "2",
+                       "--rnn-bptt", "4", "--rnn-vocab", "30", "--threads", "1"])
+    assert [(r.baseline, r.candidate) for r in rows] == [("darts_1st", "nasp"), ("darts_2nd", "nasp"), ("darts_w", "nasp_w")]
+    assert [r.target for r in rows] == [5.0, 10.0, None]
+    assert all(r.ratio == pytest.approx(r.baseline_ms / r.candidate_ms) for r in rows)
