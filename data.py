@@ -1487,6 +1487,7 @@ class LMSearch:
 
     def steps(self, epoch: int, sums: dict):
         lr, bptt, self.n_steps = self.opt.param_groups[0]["lr"], self.args.bptt, 0
+        self.model.train()  # end_epoch's evaluation left it in eval mode
         for i, n in self.run.steps(lm_windows(self.train.size(0), bptt, np.random), epoch, sums):
             self.opt.param_groups[0]["lr"] = lr * n / bptt
             yield lm_batch(self.train, i, n), lm_batch(self.arch, i % (self.arch.size(0) - 1), bptt)

@@ -299,3 +299,22 @@ def test_speed_benchmark_rows_at_tiny_size():
     assert [(r.baseline, r.candidate) for r in rows] == [("darts_1st", "nasp"), ("darts_2nd", "nasp"), ("darts_w", "nasp_w")]
     assert [r.target for r in rows] == [5.0, 10.0, None]
     assert all(r.ratio == pytest.approx(r.baseline_ms / r.candidate_ms) for r in rows)
+
+
+def test_search_resume_equals_uninterrupted_run(corpus, tmp_path, monkeypatch):
+    """2 epochs straight == 1 epoch, killed after its checkpoint, resumed: the same A and cell (numpy's window
+    lengths and torch's dropout masks come back from the checkpoint)."""
+    common = tiny_search(corpus, tmp_path, "--epochs", "2")
+    straight = nasp.main([*common, "--run-name", "straight"])
+    real_save = data.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise _Killed
+    monkeypatch.setattr(data, "save_checkpoint", save_then_die)
+    with pytest.raises(_Killed):
+        nasp.main([*common, "--run-name", "killed"])
+    monkeypatch.setattr(data, "save_checkpoint", real_save)
+    torch.manual_seed(99)
+    resumed = nasp.main([*common, "--run-name", "killed", "--resume"])
+    assert resumed["alphas"] == straight["alphas"] and resumed["genotype"] == straight["genotype"]
