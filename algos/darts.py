@@ -242,9 +242,13 @@ def lm_unrolled_arch_grads(model, alphas, batch, hidden, arch_batch, hidden_a, x
     g = torch.autograd.grad(nll, alpha_list + list(w_virtual.values()))
     v = [t * clip_factor(g[len(alpha_list):], clip) for t in g[len(alpha_list):]]
     eps = r / torch.cat([t.reshape(-1) for t in v]).norm()
-    hv = [torch.autograd.grad(spaces.lm_loss(call({n: p.detach() + sign * eps * t for n, p, t in zip(names, params, v)}),
-                                             *batch, hidden, mixture_weights(alphas))[1], alpha_list) for sign in (1, -1)]
-    return [ga - xi * c * (gp - gn) / (2 * eps) for ga, gp, gn in zip(g[:len(alpha_list)], *hv)], nll.item(), hidden_a.detach()
+    hv = []  # grad_alpha L_train(w +- eps v, alpha)
+    for sign in (1.0, -1.0):
+        w_shifted = {n: p.detach() + sign * eps * t for n, p, t in zip(names, params, v)}
+        loss = spaces.lm_loss(call(w_shifted), *batch, hidden, mixture_weights(alphas))[1]
+        hv.append(torch.autograd.grad(loss, alpha_list))
+    grads = [ga - xi * c * (gp - gn) / (2 * eps) for ga, gp, gn in zip(g[:len(alpha_list)], *hv)]
+    return grads, nll.item(), hidden_a.detach()
 
 
 def rnn_search(args, argv=None) -> dict:
