@@ -11,6 +11,7 @@ and writes results/rnn_mini_cpu/: corpus.json (how the corpus was made), raw.jso
 
     python benchmarks/rnn_mini.py                       # ~30 min on 2 CPU cores
     python benchmarks/rnn_mini.py --quick               # a smoke run (tiny sizes)
+    python benchmarks/rnn_mini.py --reuse-searches --eval-epochs 30   # longer retrainings of the same cells
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import collections
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +76,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval-epochs", type=int, default=8)
     p.add_argument("--nhid", type=int, default=64, help="emsize = nhid of the search and of the retraining")
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--reuse-searches", action="store_true", help="take the searches' results from WORK/search_* "
+                   "(genotype.json) when they are there: only the retrainings run")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
@@ -91,11 +93,13 @@ def main(argv=None) -> None:
     cells = {}
     for label, module, extra in (("DARTS (1st order)", darts, []), ("DARTS (2nd order)", darts, ["--unrolled"]),
                                  ("NASP", nasp, [])):
-        t = time.time()
-        r = module.main(["--space", "rnn", "--epochs", str(args.search_epochs), *size, *extra,
-                         "--run-name", f"search_{module.__name__}{'2' if extra else ''}"])
+        name = f"search_{module.__name__}{'2' if extra else ''}"
+        if args.reuse_searches and (work / name / "genotype.json").is_file():
+            r = {**json.loads((work / name / "genotype.json").read_text()), "run_dir": str(work / name)}
+        else:
+            r = module.main(["--space", "rnn", "--epochs", str(args.search_epochs), *size, *extra, "--run-name", name])
         cells[label] = r["run_dir"]
-        rows.append({"cell": label, "search_s": time.time() - t, "supernet_valid_ppl": r["supernet_valid_ppl"],
+        rows.append({"cell": label, "search_s": r["search_time_s"], "supernet_valid_ppl": r["supernet_valid_ppl"],
                      "genotype": r["genotype_str"]})
     for label in ("DARTS_V1_RNN", "DARTS_V2_RNN"):
         cells[label] = label
@@ -112,7 +116,9 @@ def main(argv=None) -> None:
              f"train / valid / test tokens (not PTB). Search: {args.search_epochs} epochs, emsize = nhid = {args.nhid}, "
              f"batch 32, bptt 35. Retraining: {args.eval_epochs} epochs, same size, batch 32, SGD lr 20 then ASGD. "
              "Output and input dropouts 0.2 (papers: 0.75). Selection: the final genotype of each search; the "
-             "retraining's best validation epoch. Regenerate: `python benchmarks/rnn_mini.py`.", "",
+             "retraining's best validation epoch. Regenerate: "
+             f"`{' '.join(['python benchmarks/rnn_mini.py', *(sys.argv[1:] if argv is None else argv)])}` (searches "
+             f"first run by the same command without --reuse-searches).", "",
              "| cell | search s | retrain valid ppl | test ppl | params | paper (PTB): valid / test, params, GPU-days |",
              "|---|---:|---:|---:|---:|---|"]
     for row in rows:
