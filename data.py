@@ -1827,3 +1827,137 @@ def nb101_metrics(table: NB101Table | None, genotype, space: str) -> dict:
             "nb101_test_regret": 100 * ((1 - row["test"]) - test_min),
             "nb101_valid_regret": 100 * ((1 - row["valid"]) - valid_min),
             "nb101_params": row["params"], "nb101_hash": key}
+
+
+# ---- word-level language models: corpora, BPTT windows, the recurrent-cell search run (belongs in Part I: data;
+# LMSearch in Part II). Facts from quark0/darts rnn/ (data.py, utils.py, train_search.py, train.py); no code copied.
+LM_DIRS = {"ptb": ("penn", "ptb"), "wt2": ("wikitext-2", "wt2")}
+LM_SPLITS = ("train", "valid", "test")
+
+
+def lm_corpus(dataset: str, data_dir: str) -> dict:
+    """{'train' | 'valid' | 'test': 1-D LongTensor of token ids, 'vocab': words} from the three text files
+    ({split}.txt, ptb.{split}.txt or wiki.{split}.tokens) in `dataset` (a directory), or for ptb / wt2 in
+    --data-dir or --data-dir/{penn, ptb | wikitext-2, wt2}. Words split on whitespace, `<eos>` ends every line;
+    the vocabulary is train's words in order of first appearance, and valid / test words outside it become <unk>.
+    (DARTS' Corpus builds it over all three files: the same ids on PTB and WT2, whose valid / test words all occur
+    in train.)"""
+    if Path(dataset).is_dir():
+        dirs = [Path(dataset)]
+    elif dataset in LM_DIRS:
+        dirs = [Path(data_dir)] + [Path(data_dir) / d for d in LM_DIRS[dataset]]
+    else:
+        raise DataError(f"--dataset {dataset!r}: the rnn space reads ptb | wt2 | a directory with train/valid/test text")
+    names = lambda s: (f"{s}.txt", f"ptb.{s}.txt", f"wiki.{s}.tokens")  # noqa: E731
+    for d in dirs:
+        files = [next((d / n for n in names(s) if (d / n).is_file()), None) for s in LM_SPLITS]
+        if all(files):
+            break
+    else:
+        raise DataError(f"--dataset {dataset}: no train/valid/test text ({', '.join(names('train'))}, ...) in "
+                        f"{' or '.join(map(str, dirs))}; put the corpus there (PTB: Mikolov's ptb.*.txt, WT2: wiki.*.tokens)")
+    vocab, out = {}, {}
+    for split, path in zip(LM_SPLITS, files):
+        with open(path, encoding="utf-8") as f:
+            words = [w for line in f for w in line.split() + ["<eos>"]]
+        if split == "train":
+            vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        unk = vocab.get("<unk>")
+        if split != "train" and unk is None and any(w not in vocab for w in words):
+            raise DataError(f"{path}: words outside the training vocabulary and no <unk> in it")
+        out[split] = torch.tensor([vocab.get(w, unk) for w in words], dtype=torch.long)
+    return {**out, "vocab": list(vocab)}
+
+
+def batchify(ids: torch.Tensor, batch_size: int, device=None) -> torch.Tensor:
+    """(T, batch_size): the stream cut into batch_size contiguous columns, the remainder dropped."""
+    rows = ids.numel() // batch_size
+    if rows < 2:
+        raise DataError(f"{ids.numel()} tokens make no BPTT window at batch size {batch_size}")
+    return ids[:rows * batch_size].view(batch_size, rows).t().contiguous().to(device)
+
+
+def lm_windows(rows: int, bptt: int, rng=None, jitter: bool = False, max_delta: int = 20) -> list[tuple[int, int]]:
+    """(start, length) of the BPTT windows of one epoch over `rows` rows. rng (e.g. np.random): DARTS' random
+    lengths, bptt or (probability 0.05) bptt / 2, and with jitter (retraining) then ~ N(that, 5), at least 5 and at
+    most bptt + max_delta. Windows are cut at the stream's end."""
+    out, i = [], 0
+    while i < rows - 2:
+        n = bptt
+        if rng is not None:
+            base = bptt if rng.random() < 0.95 else bptt / 2
+            n = min(max(5, int(rng.normal(base, 5))), bptt + max_delta) if jitter else int(base)
+        out.append((i, min(n, rows - 1 - i)))
+        i += n
+    return out
+
+
+def lm_batch(source: torch.Tensor, i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = min(n, source.size(0) - 1 - i)
+    return source[i:i + n], source[i + 1:i + 1 + n]
+
+
+def add_lm_args(p, **defaults) -> None:
+    """The language model's flags (rnn/train_search.py defaults unless given)."""
+    d = {"emsize": 300, "nhid": 300, "bptt": 35, "dropout": 0.75, "dropouth": 0.25, "dropoutx": 0.75, "dropouti": 0.2,
+         "dropoute": 0.0, "ar": 0.0, "tar": 1e-3, **defaults}
+    p.add_argument("--emsize", type=positive_int, default=d["emsize"], help="rnn: embedding size (= --nhid: tied decoder)")
+    p.add_argument("--nhid", type=positive_int, default=d["nhid"], help="rnn: hidden size of the cell")
+    p.add_argument("--bptt", type=int_at_least(2), default=d["bptt"], help="rnn: BPTT window length")
+    for k, what in (("dropout", "the cell's output"), ("dropouth", "the hidden states"), ("dropoutx", "the cell's "
+                    "input"), ("dropouti", "the embedded input"), ("dropoute", "whole words of the embedding")):
+        p.add_argument(f"--{k}", type=fraction, default=d[k], help=f"rnn: dropout on {what}")
+    p.add_argument("--ar", type=nonneg_float, default=d["ar"], help="rnn: activation regularisation weight (DARTS --alpha)")
+    p.add_argument("--tar", type=nonneg_float, default=d["tar"], help="rnn: temporal activation regularisation weight (DARTS --beta)")
+
+
+def lm_model_args(args) -> dict:
+    return {"ninp": args.emsize, "nhid": args.nhid, **{k: getattr(args, k) for k in
+                                                       ("dropout", "dropouth", "dropoutx", "dropouti", "dropoute")}}
+
+
+class LMSearch:
+    """What darts.py and nasp.py share on the recurrent cell space (rnn/train_search.py): the weights train on the
+    training stream and the architecture on the validation stream, both batchified at --batch-size, windows from
+    lm_windows(np.random) (checkpointed with the run), the architecture window at the same offset (wrapped) and of
+    length bptt; plain SGD (no momentum) on the weights with its lr scaled by seq_len / bptt during each step; the
+    supernet's validation perplexity at batch 10 at every epoch end. Seeds torch and numpy; `run` (the data.Run)
+    is made last."""
+
+    def __init__(self, args, space, run_name: str, argv=None):
+        self.args, self.device = args, resolve_device(args.device)
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)  # lm_windows' random lengths
+        corpus = lm_corpus(args.dataset, args.data_dir)
+        self.train, self.arch = (batchify(corpus[s], args.batch_size, self.device) for s in ("train", "valid"))
+        self.valid = batchify(corpus["valid"], 10, self.device)
+        self.model = space.supernet(len(corpus["vocab"]), **lm_model_args(args)).to(self.device)
+        self.opt = torch.optim.SGD(self.model.parameters(), args.lr, weight_decay=args.wd)
+        self.run, self.n_steps = Run(args, run_name, argv), 0
+
+    def steps(self, epoch: int, sums: dict):
+        lr, bptt, self.n_steps = self.opt.param_groups[0]["lr"], self.args.bptt, 0
+        self.model.train()  # end_epoch's evaluation left it in eval mode
+        for i, n in self.run.steps(lm_windows(self.train.size(0), bptt, np.random), epoch, sums):
+            self.opt.param_groups[0]["lr"] = lr * n / bptt
+            yield lm_batch(self.train, i, n), lm_batch(self.arch, i % (self.arch.size(0) - 1), bptt)
+            self.opt.param_groups[0]["lr"], self.n_steps = lr, self.n_steps + 1
+
+    def end_epoch(self, state: dict, metrics: dict, sums: dict, eval_arch, arch_weights: dict) -> float:
+        """Mean losses, validation perplexity of the supernet with `eval_arch`, checkpoint; returns the perplexity."""
+        import spaces
+        nll = spaces.evaluate_lm(self.model, self.valid, self.args.bptt, eval_arch)
+        # the search cell's batch norm runs on its running statistics here (as rnn/train_search.py evaluates): its
+        # states can grow without bound along the stream, so the perplexity may overflow (logged as null)
+        ppl = math.exp(nll) if nll < 700 else None  # null in metrics.jsonl; not a non-finite stop
+        self.run.end_epoch(state, {**metrics, **{k: v / max(self.n_steps, 1) for k, v in sums.items()},
+                                   "valid_ppl": ppl}, arch_weights, show=("train_loss", "arch_loss", "valid_ppl"))
+        return ppl
+
+    def finish(self, algorithm: str, genotype, arch: dict) -> dict:
+        import spaces
+        result = {"algorithm": algorithm, "search_space": "rnn", "genotype": genotype.to_json(), "genotype_str": str(genotype),
+                  "supernet_valid_ppl": self.run.history[-1]["valid_ppl"] if self.run.history else None,
+                  "search_time_s": time.time() - self.run.start,
+                  "alphas": {g: a.detach().cpu().tolist() for g, a in arch.items()}}
+        return self.run.finish(result, genotype, spaces.genotype_to_dot(genotype))

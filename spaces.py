@@ -24,6 +24,8 @@ Contents, top to bottom:
   7. ASNG-NAS's ENAS micro space: single-path supernet and evaluation network (one class), the 4.0M-parameter
      channel rule, genotype (JSON, DOT), the space as its own search variables.
   8. ASNG-NAS's convolutional auto-encoder (inpainting) space with categorical and integer variables.
+  9. The DARTS recurrent cell space (`get_space("rnn")`): genotype, published cells, search / evaluation cell and
+     the language model around it (tied embedding, DARTS' dropouts), its loss and evaluation.
 
 Facts (op definitions, macro layouts, parameter counts) follow the public DARTS, NAS-Bench-201,
 NAS-Bench-1Shot1, NASP and ASNG-NAS code as summarised in ../shared/reference/; no code was copied.
@@ -779,7 +781,7 @@ def genotype_to_dot(g) -> str:
         lines += [f'  "{i}" [label="{i}: {op}"];' for i, op in enumerate(g.ops)]
         n = len(g.ops)
         lines += [f'  "{i}" -> "{j}";' for i in range(n) for j in range(n) if g.matrix[i][j]]
-    elif hasattr(g, "dot_lines"):  # the genotypes of sections 7 and 8
+    elif hasattr(g, "dot_lines"):  # the genotypes of sections 7, 8 and 9
         lines += g.dot_lines()
     else:
         raise GenotypeError(f"no picture for {type(g).__name__}")
@@ -967,6 +969,8 @@ def get_space(name: str, ops=None, ops_reduce=None):
         return DartsSpace(ops or DARTS_OPS, ops_reduce)
     if name == "nb201":
         return NB201Space(ops or NB201_OPS)
+    if name == "rnn":  # section 7: searched by darts.py and nasp.py only, so not in SPACES
+        return RecurrentSpace(ops or RNN_OPS)
     if name.startswith("nb1shot1-") and name[-1] in "123" and len(name) == 10:
         if ops is not None:
             raise SpaceError("NAS-Bench-1Shot1 op lists are fixed")
@@ -1579,3 +1583,240 @@ def nb101_hash(spec: NB101Spec) -> str:
         h = [md5("".join(sorted(h[u] for u in range(n) if m[u][v])) + "|"
                  + "".join(sorted(h[w] for w in range(n) if m[v][w])) + "|" + h[v]) for v in range(n)]
     return md5(str(sorted(h)))
+
+
+# ======================================================= 9. the DARTS recurrent cell space (--space rnn) ====
+# Facts from the official DARTS code, quark0/darts rnn/ (model.py, model_search.py, genotypes.py, utils.py,
+# train_search.py); no code copied. Cell: s0 = h + sigmoid(c0) * (tanh(h0) - h) with [c0, h0] = [x_t, h_{t-1}] W0;
+# node i: [c, h] = s_j W_i, s_i = s_j + sigmoid(c) * (f(h) - s_j), one input j and one activation f per node
+# (highway gate); output = mean of the nodes in concat. The search cell mixes every (j, f) and batch-normalises
+# (no affine) s0 and every node with one shared BatchNorm.
+RNN_OPS = ["none", "tanh", "relu", "sigmoid", "identity"]
+RNN_STEPS = 8
+RNN_INIT_RANGE = 0.04  # every weight ~ U(-0.04, 0.04), decoder bias 0 (rnn/model.py INITRANGE)
+_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "sigmoid": torch.sigmoid, "identity": lambda v: v}
+
+
+@dataclass(frozen=True)
+class RecurrentGenotype:
+    """DARTS recurrent cell: recurrent[i] = (activation, input) of node i + 1, the input an earlier node (0 = s0,
+    the state made from x_t and h_{t-1}); the cell's output h_t is the mean of the nodes in concat."""
+
+    recurrent: tuple
+    concat: tuple
+    space = "rnn"
+
+    def __post_init__(self):
+        n = len(self.recurrent)
+        for i, pair in enumerate(self.recurrent):
+            if len(pair) != 2 or isinstance(pair[1], bool) or not isinstance(pair[1], int) or not 0 <= pair[1] <= i:
+                raise GenotypeError(f"recurrent genotype: recurrent[{i}] = {pair!r} is not (activation, input <= {i})")
+        _check_ops([p[0] for p in self.recurrent], RNN_OPS[1:], "recurrent genotype")
+        if n == 0 or not self.concat or any(not 0 <= c <= n for c in self.concat) or len(set(self.concat)) != len(self.concat):
+            raise GenotypeError(f"recurrent genotype: needs >= 1 node and distinct concat nodes in 0..{n}, got "
+                                f"{n} nodes, concat {list(self.concat)}")
+
+    def to_json(self) -> dict:
+        return {"space": "rnn", "recurrent": [list(p) for p in self.recurrent], "concat": list(self.concat)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RecurrentGenotype":
+        try:
+            pairs = [_json_list(p, "recurrent genotype") for p in _json_list(d["recurrent"], "recurrent genotype")]
+            if any(len(p) != 2 for p in pairs):
+                raise GenotypeError(f"recurrent genotype: every entry must be [activation, input], got {pairs}")
+            return cls(tuple((_json_str(op, "recurrent genotype"), _json_int(j, "recurrent genotype input")) for op, j in pairs),
+                       tuple(_json_int(c, "recurrent concat") for c in _json_list(d["concat"], "recurrent concat")))
+        except KeyError as err:
+            raise GenotypeError(f"malformed recurrent genotype JSON: no key {err}") from err
+
+    def __str__(self):
+        return f"Genotype(recurrent={list(self.recurrent)}, concat={list(self.concat)})"
+
+    def dot_lines(self) -> list[str]:
+        lines = ['  "x_t, h_{t-1}" -> "0" [label="W0, highway (tanh)"];']
+        lines += [f'  "{j}" -> "{i + 1}" [label="{op}"];' for i, (op, j) in enumerate(self.recurrent)]
+        return lines + [f'  "{c}" -> "h_t (mean)";' for c in self.concat]
+
+
+GENOTYPE_TYPES["rnn"] = RecurrentGenotype
+_RNN_CONCAT = tuple(range(1, RNN_STEPS + 1))
+PUBLISHED.update({  # rnn/genotypes.py DARTS_V1 (first order) and DARTS_V2 (second order, the paper's PTB cell)
+    "DARTS_V1_RNN": RecurrentGenotype(_pairs("relu", 0, "relu", 1, "tanh", 2, "relu", 3, "relu", 4, "identity", 1,
+                                             "relu", 5, "relu", 1), _RNN_CONCAT),
+    "DARTS_V2_RNN": RecurrentGenotype(_pairs("sigmoid", 0, "relu", 1, "relu", 1, "identity", 1, "tanh", 2,
+                                             "sigmoid", 5, "tanh", 3, "relu", 5), _RNN_CONCAT),
+})
+# NASP's PTB cell (its Table 3) is published neither in xujinfan/NASP-codes (CNN code only) nor as text we could
+# read, so it is not listed.
+
+
+def _dropout_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
+    """Bernoulli(1 - p) / (1 - p) (rnn/utils.py mask2d, LockedDropout, embedded_dropout)."""
+    return like.new_empty(shape).bernoulli_(1 - p).div_(1 - p)
+
+
+def _locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Variational dropout of a (T, B, D) sequence: one mask per sequence, the same at every time step."""
+    return x * _dropout_mask((1, x.size(1), x.size(2)), p, x) if training and p > 0 else x
+
+
+class RecurrentCell(nn.Module):
+    """The DARTS recurrent cell run over a sequence. With a genotype: the discrete cell (evaluation model). Without
+    (search): forward takes `arch`, either an (n_edges, n_ops) weight matrix (rows: node 1's inputs 0, then node
+    2's inputs 0..1, ...; columns: `ops`), which mixes every input and activation of every node (PAPER: DARTS Eq. 2),
+    or a tuple of (activation, input) pairs, which runs only that single path (NASP's discrete A_bar)."""
+
+    def __init__(self, ninp: int, nhid: int, dropouth: float, dropoutx: float, genotype=None,
+                 ops: Sequence[str] = RNN_OPS, steps: int = RNN_STEPS):
+        super().__init__()
+        _check_ops(ops, RNN_OPS, "recurrent space")
+        self.nhid, self.dropouth, self.dropoutx, self.genotype, self.ops = nhid, dropouth, dropoutx, genotype, list(ops)
+        steps = len(genotype.recurrent) if genotype is not None else steps
+        self.W0 = nn.Parameter(torch.empty(ninp + nhid, 2 * nhid).uniform_(-RNN_INIT_RANGE, RNN_INIT_RANGE))
+        self.Ws = nn.ParameterList([nn.Parameter(torch.empty(nhid, 2 * nhid).uniform_(-RNN_INIT_RANGE, RNN_INIT_RANGE))
+                                    for _ in range(steps)])
+        self.bn = nn.BatchNorm1d(nhid, affine=False) if genotype is None else None  # search cell only
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, arch=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (T, B, ninp), h (B, nhid) -> (every step's output (T, B, nhid), the last one)."""
+        arch = self.genotype.recurrent if arch is None else arch
+        train = self.training
+        x_mask = _dropout_mask((x.size(1), x.size(2)), self.dropoutx, x) if train and self.dropoutx > 0 else None
+        h_mask = _dropout_mask((x.size(1), self.nhid), self.dropouth, x) if train and self.dropouth > 0 else None
+        outputs = []
+        for x_t in x:  # the same masks at every time step (variational dropout)
+            h = self.step(x_t, h, x_mask, h_mask, arch)
+            outputs.append(h)
+        return torch.stack(outputs), h
+
+    def _bn(self, s):
+        return s if self.bn is None else self.bn(s)
+
+    def step(self, x, h_prev, x_mask, h_mask, arch) -> torch.Tensor:
+        m = (lambda v, mask: v if mask is None else v * mask)
+        c0, h0 = torch.cat([m(x, x_mask), m(h_prev, h_mask)], -1).mm(self.W0).chunk(2, -1)
+        s0 = self._bn(h_prev + c0.sigmoid() * (h0.tanh() - h_prev))
+        if torch.is_tensor(arch):
+            return self._mixture(s0, h_mask, arch)
+        states = [s0]
+        for i, (op, j) in enumerate(arch):
+            c, hh = m(states[j], h_mask).mm(self.Ws[i]).chunk(2, -1)
+            states.append(self._bn(states[j] + c.sigmoid() * (_ACTIVATIONS[op](hh) - states[j])))
+        concat = self.genotype.concat if self.genotype is not None else range(1, len(self.Ws) + 1)
+        return torch.stack([states[c] for c in concat]).mean(0)
+
+    def _mixture(self, s0, h_mask, weights) -> torch.Tensor:
+        states, row = s0.unsqueeze(0), 0
+        for i, W in enumerate(self.Ws):
+            ch = (states if h_mask is None else states * h_mask).matmul(W)  # (i + 1, B, 2 nhid): every input j
+            c, hh = ch.chunk(2, -1)
+            c, w = c.sigmoid(), weights[row:row + i + 1]
+            s = torch.zeros_like(s0)
+            for k, op in enumerate(self.ops):
+                if op != "none":  # `none` contributes 0 (its weight still takes a share of the softmax)
+                    s = s + (w[:, k, None, None] * (states + c * (_ACTIVATIONS[op](hh) - states))).sum(0)
+            states, row = torch.cat([states, self._bn(s).unsqueeze(0)]), row + i + 1
+        return states[1:].mean(0)  # the search cell averages all its nodes (rnn/model_search.py CONCAT = 8)
+
+
+class RNNModel(nn.Module):
+    """DARTS' language model (rnn/model.py RNNModel): embedding -> one recurrent cell -> decoder whose weight is the
+    embedding's (tied, so emsize = nhid). Dropouts: dropoute removes whole words from the embedding matrix, dropouti
+    and dropout are variational masks on the embedded input and on the cell's output, dropoutx / dropouth the
+    cell's own masks on x_t and on every state it multiplies. genotype None: the search model (RecurrentCell)."""
+
+    def __init__(self, ntoken: int, ninp: int, nhid: int, genotype=None, dropout=0.75, dropouth=0.25, dropoutx=0.75,
+                 dropouti=0.2, dropoute=0.1, ops: Sequence[str] = RNN_OPS, steps: int = RNN_STEPS):
+        super().__init__()
+        if ninp != nhid:
+            raise SpaceError(f"the DARTS language model ties its decoder to the embedding: emsize ({ninp}) must "
+                             f"equal nhid ({nhid})")
+        self.nhid, self.dropout, self.dropouti, self.dropoute = nhid, dropout, dropouti, dropoute
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.cell = RecurrentCell(ninp, nhid, dropouth, dropoutx, genotype, ops, steps)
+        self.decoder = nn.Linear(nhid, ntoken)
+        self.decoder.weight = self.encoder.weight
+        nn.init.uniform_(self.encoder.weight, -RNN_INIT_RANGE, RNN_INIT_RANGE)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_hidden(self, batch_size: int) -> torch.Tensor:
+        return self.encoder.weight.new_zeros(batch_size, self.nhid)
+
+    def forward(self, x: torch.Tensor, hidden: torch.Tensor, arch=None):
+        """x (T, B) token ids, hidden (B, nhid); arch: the search cell's weights or path ({'recurrent': ...} or bare).
+        Returns (logits (T, B, ntoken), last hidden, raw cell outputs, dropped cell outputs)."""
+        arch = arch["recurrent"] if isinstance(arch, dict) else arch
+        emb_w = self.encoder.weight
+        if self.training and self.dropoute > 0:
+            emb_w = emb_w * _dropout_mask((emb_w.size(0), 1), self.dropoute, emb_w)
+        emb = _locked_dropout(F.embedding(x, emb_w), self.dropouti, self.training)
+        raw, hidden = self.cell(emb, hidden, arch)
+        out = _locked_dropout(raw, self.dropout, self.training)
+        return self.decoder(out), hidden, raw, out
+
+
+def lm_loss(model, x, y, hidden, arch=None, ar: float = 0.0, tar: float = 0.0):
+    """(training loss, NLL per token, next hidden). `model` is an RNNModel or any callable like it (a functional
+    call with other weights). ar: activation regularisation ar * mean(dropped output^2); tar: temporal activation
+    regularisation tar * mean((h_t - h_{t-1})^2) of the raw outputs (rnn/train.py --alpha, --beta)."""
+    logits, hidden, raw, dropped = model(x, hidden, arch)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+    loss = nll + ar * dropped.pow(2).mean() if ar else nll
+    return (loss + tar * (raw[1:] - raw[:-1]).pow(2).mean() if tar else loss), nll, hidden
+
+
+def lm_weight_step(model, opt, batch, hidden, arch, clip: float, ar: float = 0.0, tar: float = 0.0):
+    """One SGD step of the language model on a window (x, y): loss = NLL + AR / TAR terms, gradient norm clipped to
+    `clip` (rnn/train.py, train_search.py). Returns (NLL, the next hidden state, detached)."""
+    opt.zero_grad(set_to_none=True)
+    loss, nll, hidden = lm_loss(model, *batch, hidden, arch, ar, tar)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return nll.item(), hidden.detach()
+
+
+@torch.no_grad()
+def evaluate_lm(model, source: torch.Tensor, bptt: int, arch=None) -> float:
+    """Mean NLL per predicted token of a batchified stream (T, B): eval mode, windows of bptt, hidden carried on.
+    (rnn/train.py divides the sum by T, one row more than it predicts; we divide by the rows predicted.)"""
+    model.eval()
+    hidden, total, rows = model.init_hidden(source.size(1)), 0.0, 0
+    for i in range(0, source.size(0) - 1, bptt):
+        n = min(bptt, source.size(0) - 1 - i)
+        _, nll, hidden = lm_loss(model, source[i:i + n], source[i + 1:i + 1 + n], hidden, arch)
+        total, rows = total + nll.item() * n, rows + n
+    return total / rows
+
+
+class RecurrentSpace:
+    """The DARTS recurrent cell space: 8 nodes, node i chooses one of its i earlier nodes and one activation;
+    one architecture group 'recurrent' of shape (36, n_ops)."""
+
+    name, steps = "rnn", RNN_STEPS
+
+    def __init__(self, ops=RNN_OPS):
+        _check_ops(ops, RNN_OPS, "recurrent space")
+        self.ops = {"recurrent": list(ops)}
+        self.node_slices = [(i * (i + 1) // 2, (i + 1) * (i + 2) // 2) for i in range(self.steps)]
+        self.n_edges = self.node_slices[-1][1]
+
+    def arch_shapes(self) -> dict:
+        return {"recurrent": (self.n_edges, len(self.ops["recurrent"]))}
+
+    def supernet(self, ntoken: int, ninp: int = 300, nhid: int = 300, **dropouts) -> RNNModel:
+        return RNNModel(ntoken, ninp, nhid, None, ops=self.ops["recurrent"], steps=self.steps, **dropouts)
+
+    def derive(self, weights: dict) -> RecurrentGenotype:
+        """rnn/model_search.py genotype(): per node the input whose strongest non-`none` weight is largest (ties:
+        the lower input), with that strongest non-`none` activation; concat = all 8 nodes."""
+        ops = self.ops["recurrent"]
+        w = weights["recurrent"].detach().float().cpu()
+        allowed = [k for k, n in enumerate(ops) if n != "none"]
+        pairs = []
+        for start, end in self.node_slices:
+            best_w, best_k = w[start:end][:, allowed].max(dim=1)
+            j = max(range(end - start), key=lambda r: (best_w[r].item(), -r))
+            pairs.append((ops[allowed[best_k[j]]], j))
+        return RecurrentGenotype(tuple(pairs), tuple(range(1, self.steps + 1)))

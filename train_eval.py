@@ -40,6 +40,11 @@ ImageNet (mobile setting), 8 GPUs:
 NAS-Bench-201 cell with the benchmark's figure beside it:
     python train_eval.py --genotype "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|" \\
         --nb201-table ../shared/data/nb201/nb201_oracle.csv.gz
+Recurrent cells (`--genotype DARTS_V2_RNN`, or what `algos/darts.py --space rnn` / `algos/nasp.py --space rnn`
+write) retrain as DARTS' rnn/train.py does, on --dataset ptb (default) or wt2 (NASP's Table 7 transfer): see
+RNN_PROTOCOL below; their flags are their own (--emsize, --nhid, --bptt, the dropouts, --nonmono, ...):
+    python train_eval.py --genotype DARTS_V2_RNN --data-dir data/penn
+    python train_eval.py --genotype runs/nasp_rnn_ptb_s3 --dataset wt2 --data-dir data
 CPU quick start on the real CIFAR-10 subset:
     python train_eval.py --genotype DARTS_V2 --dataset ../shared/data/images/cifar10_partial.npz --C 16 --layers 8 \\
         --batch-size 64 --train-subset 1024 --epochs 2 --device cpu
@@ -454,6 +459,8 @@ def run_cae(args, genotype, world, device) -> dict:
 
 
 def main(argv=None) -> dict:
+    if recurrent_job(argv):  # a recurrent cell: DARTS' language-model retraining (rnn_main, below)
+        return rnn_main(argv)
     args = parse_args(argv)
     genotype = read_genotype(args.genotype)
     args = resolve(args, genotype)
@@ -517,6 +524,144 @@ def main(argv=None) -> dict:
             shown = ", ".join(f"{k} {v:.2f}%" for k, v in result["benchmark"].items() if "test" in k)
             print(f"NB201 benchmark (mean over seeds): {shown or 'cell not in the table'} | this run: "
                   f"{100 * result['test_acc']:.2f}%", flush=True)
+    return run.finish(result, genotype, spaces.genotype_to_dot(genotype), result_file="summary.json")
+
+
+# ------------------------------------------------------------------------------------ the recurrent cell space
+# quark0/darts rnn/train.py (its PTB setting; no code copied): emsize = nhid = 850, batch 64, BPTT 35 with random
+# window lengths, SGD lr 20 (scaled by seq_len / bptt per step), wd 8e-7, clip 0.25, the five dropouts, TAR 1e-3,
+# then ASGD (lr 20, t0 0, lambda 0: a plain average of the iterates from the switch on) once the validation loss is
+# above the best of all but the last `nonmono` epochs; the best validation model (the averaged weights under ASGD)
+# is tested at batch 1; validation at batch 10.
+RNN_PROTOCOL = dict(dataset="ptb", data_dir="./data", emsize=850, nhid=850, bptt=35, dropout=0.75, dropouth=0.25,
+                    dropoutx=0.75, dropouti=0.2, dropoute=0.1, ar=0.0, tar=1e-3, epochs=8000, batch_size=64, lr=20.0,
+                    wd=8e-7, grad_clip=0.25, nonmono=5, seed=1267, device="auto", out_dir="runs")
+
+
+def recurrent_job(argv) -> bool:
+    """Does this command line retrain a recurrent cell (a genotype of the rnn space)?"""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--genotype")
+    known = pre.parse_known_args(argv)[0]
+    return known.genotype is not None and read_genotype(known.genotype).space == "rnn"
+
+
+def rnn_parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Retrain a recurrent cell as DARTS' rnn/train.py (defaults: its PTB run).")
+    p.add_argument("--genotype", default=None, help="recurrent genotype: genotype.json / search run directory, "
+                   "DARTS_V1_RNN / DARTS_V2_RNN, or JSON {space: rnn, recurrent, concat}")
+    p.add_argument("--dataset", help="ptb (default) | wt2 | a directory with train/valid/test text")
+    p.add_argument("--data-dir", help="where ptb / wt2 are (default ./data)")
+    data.add_lm_args(p)
+    p.add_argument("--epochs", type=data.positive_int, help="epochs (8000)")
+    p.add_argument("--batch-size", type=data.positive_int, help="training batch (64)")
+    p.add_argument("--lr", type=data.positive_float, help="SGD (then ASGD) learning rate (20)")
+    p.add_argument("--wd", type=data.nonneg_float, help="weight decay (8e-7)")
+    p.add_argument("--grad-clip", type=data.positive_float, help="gradient-norm clip (0.25)")
+    p.add_argument("--nonmono", type=data.positive_int, help="switch to ASGD when the validation loss is above the best "
+                   "but the last N epochs' (5)")
+    p.add_argument("--seed", type=data.seed, help="random seed (1267)")
+    p.add_argument("--device", type=data.device_name, help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out-dir", type=data.out_dir, help="results go to OUT_DIR/RUN_NAME/ (default runs)")
+    p.add_argument("--run-name", type=data.run_name, help="default: eval_{genotype}_{dataset}_s{seed}")
+    data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
+    p.set_defaults(**{k: None for k in RNN_PROTOCOL})
+    return p.parse_args(argv)
+
+
+def asgd_averaged(model, opt) -> dict | None:
+    """The average ASGD keeps of every weight ({name: ax}); None under SGD."""
+    if not isinstance(opt, torch.optim.ASGD):
+        return None
+    return {n: opt.state[p]["ax"] if p in opt.state else p.detach() for n, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def rnn_validate(model, opt, source, bptt) -> tuple[float, dict]:
+    """(validation NLL, the weights scored, on the CPU): the current weights, or under ASGD their average."""
+    current = {n: p.detach().clone() for n, p in model.named_parameters()}
+    scored = asgd_averaged(model, opt) or current
+    for n, p in model.named_parameters():
+        p.copy_(scored[n])
+    loss = spaces.evaluate_lm(model, source, bptt)
+    weights = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
+    for n, p in model.named_parameters():
+        p.copy_(current[n])
+    return loss, weights
+
+
+def rnn_train_epoch(model, train, opt, args) -> float:
+    """One epoch of rnn/train.py: random-length windows, lr * seq_len / bptt per step; returns the mean NLL."""
+    model.train()
+    hidden, lr, total, steps = model.init_hidden(train.size(1)), opt.param_groups[0]["lr"], 0.0, 0
+    for i, n in data.lm_windows(train.size(0), args.bptt, np.random, jitter=True):
+        opt.param_groups[0]["lr"] = lr * n / args.bptt
+        nll, hidden = spaces.lm_weight_step(model, opt, data.lm_batch(train, i, n), hidden, None, args.grad_clip,
+                                            args.ar, args.tar)
+        if not math.isfinite(nll):  # DEVIATION: rnn/train.py rolls back to its best model; we stop (resumable)
+            raise data.NonFiniteLoss(f"non-finite training loss at window {steps + 1}; lower --lr or resume")
+        total, steps = total + nll, steps + 1
+    opt.param_groups[0]["lr"] = lr
+    return total / steps
+
+
+def make_lm_optimizer(model, args, asgd: bool) -> torch.optim.Optimizer:
+    if asgd:
+        return torch.optim.ASGD(model.parameters(), args.lr, t0=0, lambd=0.0, weight_decay=args.wd)
+    return torch.optim.SGD(model.parameters(), args.lr, weight_decay=args.wd)
+
+
+def rnn_main(argv=None) -> dict:
+    args = rnn_parse_args(argv)
+    if args.genotype is None:
+        raise spaces.GenotypeError("--genotype is required")
+    genotype = read_genotype(args.genotype)
+    for k, v in RNN_PROTOCOL.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.protocol = "rnn"
+    data.refuse_torchrun("the recurrent cell retrains as one process (as DARTS' rnn/train.py)")
+    # everything that can fail on bad input happens before the run directory exists
+    device = data.resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    corpus = data.lm_corpus(args.dataset, args.data_dir)
+    train = data.batchify(corpus["train"], args.batch_size, device)
+    valid, test = data.batchify(corpus["valid"], 10, device), data.batchify(corpus["test"], 1, device)
+    model = spaces.RNNModel(len(corpus["vocab"]), genotype=genotype, **data.lm_model_args(args)).to(device)
+    n_params = spaces.count_parameters(model)
+    # both optimizers exist from the start (ASGD's state is made at its first step, as a fresh one at the switch)
+    sgd, asgd = make_lm_optimizer(model, args, asgd=False), make_lm_optimizer(model, args, asgd=True)
+    run = data.Run(args, f"eval_{genotype_tag(args.genotype, genotype)}_{Path(args.dataset).stem}_s{args.seed}", argv)
+    progress = {"best": {"loss": math.inf, "epoch": 0, "weights": None}, "asgd_epoch": None, "val_losses": []}
+    state = {"model": model, "sgd": sgd, "asgd": asgd, "progress": progress}  # checkpointed with the RNGs
+    print(f"rnn: {genotype}\nparameters: {n_params:,} | {corpus['train'].numel():,} training tokens, vocabulary "
+          f"{len(corpus['vocab']):,}, on {device}", flush=True)
+    for epoch in range(run.restore(state), args.epochs + 1):
+        t0 = time.time()
+        opt = asgd if progress["asgd_epoch"] is not None else sgd
+        train_loss = rnn_train_epoch(model, train, opt, args)
+        val_loss, weights = rnn_validate(model, opt, valid, args.bptt)
+        if val_loss < progress["best"]["loss"]:
+            progress["best"] = {"loss": val_loss, "epoch": epoch, "weights": weights}
+        if progress["asgd_epoch"] is None:
+            if len(progress["val_losses"]) > args.nonmono and val_loss > min(progress["val_losses"][:-args.nonmono]):
+                progress["asgd_epoch"] = epoch  # rnn/train.py "Switching!": ASGD from the next epoch on
+            progress["val_losses"].append(val_loss)
+        metrics = {"epoch": epoch, "train_ppl": math.exp(min(train_loss, 700)), "valid_ppl": math.exp(min(val_loss, 700)),
+                   "next_optimizer": "asgd" if progress["asgd_epoch"] is not None else "sgd",
+                   "epoch_time_s": time.time() - t0}
+        run.end_epoch(state, metrics, show=("train_ppl", "valid_ppl", "next_optimizer"))
+    best = progress["best"]
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            p.copy_(best["weights"][n])
+    test_loss = spaces.evaluate_lm(model, test, args.bptt)
+    result = {"protocol": "rnn", "genotype": genotype.to_json(), "genotype_str": str(genotype), "params": n_params,
+              "epochs": args.epochs, "best_epoch": best["epoch"], "asgd_from_epoch": progress["asgd_epoch"],
+              "valid_ppl": math.exp(best["loss"]), "test_ppl": math.exp(test_loss), "train_time_s": time.time() - run.start}
+    print(f"params {n_params / 1e6:.2f}M | valid perplexity {result['valid_ppl']:.2f} (epoch {best['epoch']}) | "
+          f"test perplexity {result['test_ppl']:.2f}", flush=True)
     return run.finish(result, genotype, spaces.genotype_to_dot(genotype), result_file="summary.json")
 
 

@@ -45,9 +45,14 @@ import data  # noqa: E402
 import spaces  # noqa: E402
 
 
+# quark0/darts rnn/train_search.py: the search settings on the recurrent cell space (the CNN flags' defaults otherwise)
+RNN_SEARCH = dict(dataset="ptb", epochs=50, batch_size=256, lr=20.0, momentum=0.0, wd=5e-7, grad_clip=0.25, arch_lr=3e-3,
+                  arch_betas=(0.9, 0.999), arch_wd=1e-3, seed=3)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="DARTS search (defaults: the paper's first-order CIFAR-10 search).")
-    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES + ("rnn",), help="search space (rnn: DARTS' recurrent cell on a language model)")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
     p.add_argument("--single-level", action="store_true", help="ERM: weight and architecture steps both on the whole training set")
@@ -74,9 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: darts_{space}_{dataset}_s{seed} (darts2_... with --unrolled)")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
+    data.add_lm_args(p)  # --space rnn: --emsize, --nhid, --bptt, the five dropouts, --ar, --tar
+    if p.parse_known_args(argv)[0].space == "rnn":
+        p.set_defaults(**RNN_SEARCH)
     args = p.parse_args(argv)
     if args.space == "enas":  # the ENAS micro cell chooses each node's inputs: there are no edges to weight
         p.error("--space enas is ASNG-NAS's ENAS micro space (inputs are choices, not edges); darts.py weights the ops of fixed edges: use algos/asng.py")
+    if args.space == "rnn" and (args.single_level or args.split_file or args.train_subset or args.layers):
+        p.error("--space rnn searches as DARTS' rnn/ code (weights on the training text, architecture on the validation "
+                "text): --single-level, --split-file, --train-subset and --layers do not apply")
     data.check_search_args(args, p)
     if args.unrolled and args.single_level:
         p.error("--unrolled is DARTS' bilevel second order: it needs separate weight and architecture batches, not --single-level")
@@ -200,8 +211,91 @@ def derive_genotype(space, alphas):
         return space.derive(mixture_weights(alphas))
 
 
+# ---- the recurrent cell space (--space rnn): DARTS' rnn/ search on a language model; alpha (36 x 5) mixes, per
+# node, every earlier node and every activation (spaces.RecurrentCell). Hidden states run on along each stream.
+def lm_arch_step(model, alphas, arch_opt, batch, hidden) -> tuple[float, torch.Tensor]:
+    """First order: one Adam step on alpha with the NLL of an architecture window at the current weights.
+    PAPER: Eq. (6), xi = 0"""
+    _, nll, hidden = spaces.lm_loss(model, *batch, hidden, mixture_weights(alphas))
+    grads = torch.autograd.grad(nll, list(alphas.values()))
+    arch_opt.zero_grad(set_to_none=True)
+    for a, g in zip(alphas.values(), grads):
+        a.grad = g
+    arch_opt.step()
+    return nll.item(), hidden.detach()
+
+
+def clip_factor(grads, max_norm: float) -> float:
+    """The factor clip_grad_norm_ would scale `grads` by: min(1, max_norm / (norm + 1e-6))."""
+    return min(1.0, max_norm / (torch.cat([g.reshape(-1) for g in grads]).norm().item() + 1e-6))
+
+
+def lm_unrolled_arch_grads(model, alphas, batch, hidden, arch_batch, hidden_a, xi, wd, clip, r=1e-2):
+    """Second order as rnn/architect.py: w' = w - xi (c grad_w L_train + wd w), c = the clip factor of grad_w,
+    no momentum (the RNN search's SGD has none); grad_alpha L_val(w', alpha) - xi c H v, v = grad_w' L_val(w')
+    clipped to `clip`, H v by central differences at w (eps = r / ||v||). PAPER: Eq. (6)-(8).
+    Returns (one gradient per alpha group, L_val at w', the architecture stream's next hidden)."""
+    # DEVIATION: c is capped at 1; rnn/architect.py scales the implicit term by max_norm / norm even when that is > 1
+    names, params = zip(*model.named_parameters())
+    alpha_list = list(alphas.values())
+    buffers = {n: b.clone() for n, b in model.named_buffers()}  # the virtual model's BN statistics are thrown away
+    call = lambda w: (lambda *a: functional_call(model, {**w, **buffers}, a))  # noqa: E731
+    with torch.no_grad():
+        weights = mixture_weights(alphas)
+    grads = torch.autograd.grad(spaces.lm_loss(model, *batch, hidden, weights)[1], params)
+    c = clip_factor(grads, clip)
+    w_virtual = {n: (p - xi * (c * g + wd * p)).detach().requires_grad_(True) for n, p, g in zip(names, params, grads)}
+    _, nll, hidden_a = spaces.lm_loss(call(w_virtual), *arch_batch, hidden_a, mixture_weights(alphas))
+    g = torch.autograd.grad(nll, alpha_list + list(w_virtual.values()))
+    v = [t * clip_factor(g[len(alpha_list):], clip) for t in g[len(alpha_list):]]
+    eps = r / torch.cat([t.reshape(-1) for t in v]).norm()
+    hv = []  # grad_alpha L_train(w +- eps v, alpha)
+    for sign in (1.0, -1.0):
+        w_shifted = {n: p.detach() + sign * eps * t for n, p, t in zip(names, params, v)}
+        loss = spaces.lm_loss(call(w_shifted), *batch, hidden, mixture_weights(alphas))[1]
+        hv.append(torch.autograd.grad(loss, alpha_list))
+    grads = [ga - xi * c * (gp - gn) / (2 * eps) for ga, gp, gn in zip(g[:len(alpha_list)], *hv)]
+    return grads, nll.item(), hidden_a.detach()
+
+
+def rnn_search(args, argv=None) -> dict:
+    """rnn/train_search.py: per window an architecture step (first or second order), then a weight step."""
+    data.refuse_torchrun("--space rnn runs as one process (as DARTS' rnn/ search), not under torchrun")
+    space = spaces.get_space("rnn")
+    lm = data.LMSearch(args, space, f"darts{'2' if args.unrolled else ''}_rnn_{Path(args.dataset).stem}_s{args.seed}", argv)
+    alphas = init_alphas(space, lm.device)
+    arch_opt = torch.optim.Adam(alphas.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
+    state = {"model": lm.model, "alphas": alphas, "opt": lm.opt, "arch_opt": arch_opt}
+    for epoch in range(lm.run.restore(state), args.epochs + 1):
+        t0, sums = time.time(), {"train_loss": 0.0, "arch_loss": 0.0}
+        hidden = hidden_a = lm.model.init_hidden(args.batch_size)  # each epoch starts from zero states (as DARTS)
+        for batch, arch_batch in lm.steps(epoch, sums):
+            if args.unrolled:  # xi = the weights' lr of this step (scaled by its window length, as DARTS)
+                grads, arch_loss, hidden_a = lm_unrolled_arch_grads(lm.model, alphas, batch, hidden, arch_batch,
+                                                                    hidden_a, lm.opt.param_groups[0]["lr"], args.wd,
+                                                                    args.grad_clip)
+                arch_opt.zero_grad(set_to_none=True)
+                for a, g in zip(alphas.values(), grads):
+                    a.grad = g
+                arch_opt.step()
+            else:
+                arch_loss, hidden_a = lm_arch_step(lm.model, alphas, arch_opt, arch_batch, hidden_a)
+            with torch.no_grad():  # the weight step: alpha fixed, the softmax mixture of every input and activation
+                weights = mixture_weights(alphas)
+            train_loss, hidden = spaces.lm_weight_step(lm.model, lm.opt, batch, hidden, weights, args.grad_clip, args.ar, args.tar)
+            sums["train_loss"], sums["arch_loss"] = sums["train_loss"] + train_loss, sums["arch_loss"] + arch_loss
+        genotype = derive_genotype(space, alphas)
+        with torch.no_grad():
+            weights = mixture_weights(alphas)
+        lm.end_epoch(state, {"epoch": epoch, "epoch_time_s": time.time() - t0, "genotype": str(genotype),
+                             **{f"entropy_{g}": h for g, h in spaces.mean_entropy(weights).items()}}, sums, weights, weights)
+    return lm.finish("darts", derive_genotype(space, alphas), alphas)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.space == "rnn":
+        return rnn_search(args, argv)
     torch.manual_seed(args.seed)
     if args.unrolled:  # its virtual weight step would use each rank's own batch
         data.refuse_torchrun("--unrolled (second order) does not run under torchrun: run it as one process")

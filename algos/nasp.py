@@ -56,9 +56,15 @@ OP_SETS = (7, 12)
 PARAM_COUNT_C = 12  # the official code's PARAMS table counts each op at C=12, affine=False
 
 
+# EXTENSION: NASP's RNN search code is not public (xujinfan/NASP-codes holds its CNN search only), so on --space rnn
+# the defaults are DARTS' rnn/train_search.py settings (NASP's Table 3 compares with it at the same 23M model).
+RNN_SEARCH = dict(dataset="ptb", epochs=50, batch_size=256, lr=20.0, momentum=0.0, wd=5e-7, grad_clip=0.25, arch_lr=3e-3,
+                  arch_betas=(0.9, 0.999), arch_wd=1e-3, seed=3)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="NASP search (defaults: the paper's CIFAR-10 search).")
-    p.add_argument("--space", default="darts", choices=spaces.SPACES, help="search space")
+    p.add_argument("--space", default="darts", choices=spaces.SPACES + ("rnn",), help="search space (rnn: DARTS' recurrent cell on a language model)")
     p.add_argument("--ops", type=int, default=None, help="darts space: 7 = DARTS ops without `none` (default); 12 = the paper's larger space")
     p.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | imagenet16-120 | synthetic | path/to/file.npz")
     p.add_argument("--data-dir", default="./data", help="where datasets are (or are downloaded to)")
@@ -88,9 +94,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=data.out_dir, default="runs", help="results go to OUT_DIR/RUN_NAME/")
     p.add_argument("--run-name", type=data.run_name, default=None, help="default: nasp{ops}_{space}_{dataset}_s{seed}")
     data.add_run_args(p)  # --resume, --tensorboard, --log-every, --deterministic
+    data.add_lm_args(p)  # --space rnn: --emsize, --nhid, --bptt, the five dropouts, --ar, --tar
+    if p.parse_known_args(argv)[0].space == "rnn":
+        p.set_defaults(**RNN_SEARCH)
     args = p.parse_args(argv)
     if args.space == "enas":  # the ENAS micro cell chooses each node's inputs: there are no edges to weight
         p.error("--space enas is ASNG-NAS's ENAS micro space (inputs are choices, not edges); nasp.py weights the ops of fixed edges: use algos/asng.py")
+    if args.space == "rnn" and (args.single_level or args.split_file or args.train_subset or args.layers or args.reg or args.abar_value != "one"):
+        p.error("--space rnn: --single-level, --split-file, --train-subset, --layers, --reg, --abar-value paper do not apply")
     if args.space != "darts" and args.ops is not None:
         p.error(f"--ops chooses NASP's DARTS-space op set; {args.space} has its own ops (without `none`)")
     args.batch_size = args.batch_size or (96 if args.space.startswith("nb1shot1") else 64)
@@ -106,6 +117,8 @@ def nasp_space(n_ops: int | None, name: str = "darts"):
     convolutions in normal cells, identity + poolings in reduction cells. nb201: its ops without `none`."""
     if name == "nb201":  # EXTENSION: NASP on NAS-Bench-201, which no paper ran
         return spaces.get_space("nb201", ops=[o for o in spaces.NB201_OPS if o != "none"])
+    if name == "rnn":  # the activations without `none`, like NASP's CNN spaces
+        return spaces.get_space("rnn", ops=spaces.RNN_OPS[1:])
     if name.startswith("nb1shot1"):  # EXTENSION: NASP on NAS-Bench-1Shot1 (no `none` there either), which no paper ran
         return spaces.get_space(name)
     if n_ops == 7:
@@ -168,6 +181,8 @@ def edges_kept(space):
     """What A_bar keeps per node: 2 incoming edges in the DARTS cell, all of NB201's, the allowed parents on 1Shot1."""
     if isinstance(space, spaces.NB1Shot1Space):
         return space.parents()
+    if isinstance(space, spaces.RecurrentSpace):  # ALGO LOGIC: each recurrent node has one input (DARTS' rnn cell)
+        return 1
     return 2 if isinstance(space, spaces.DartsSpace) else None
 
 
@@ -276,10 +291,49 @@ def derive_genotype(space, A):
     return space.derive(discretize(A, getattr(space, "node_slices", None), edges_kept(space)))
 
 
+# ---- the recurrent cell space (--space rnn): A (36 x 4) holds, per node, a row per earlier node; A_bar keeps one
+# activation on one input per node (prox_c1 with keep=1), so the weight step runs a single path through the cell.
+def lm_arch_step(model, A, arch_opt, batch, hidden, node_slices) -> tuple[float, torch.Tensor]:
+    """arch_step on a language-model window: the NLL's gradient at A_bar applied to A by Adam (the mixture forward
+    computes every input and activation of every node: they share each node's one matrix product)."""
+    abar = {g: a.requires_grad_(True) for g, a in discretize(A, node_slices, 1).items()}
+    _, nll, hidden = spaces.lm_loss(model, *batch, hidden, abar)
+    grads = torch.autograd.grad(nll, list(abar.values()))
+    arch_opt.zero_grad(set_to_none=True)
+    for a, g in zip(A.values(), grads):
+        a.grad = g  # ALGO LOGIC: the gradient taken at A_bar is applied to A
+    arch_opt.step()
+    return nll.item(), hidden.detach()
+
+
+def rnn_search(args, argv=None) -> dict:
+    space = nasp_space(None, "rnn")
+    lm = data.LMSearch(args, space, f"nasp_rnn_{Path(args.dataset).stem}_s{args.seed}", argv)
+    A = init_arch(space, lm.device)
+    arch_opt = torch.optim.Adam(A.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
+    state = {"model": lm.model, "A": A, "opt": lm.opt, "arch_opt": arch_opt}
+    for epoch in range(lm.run.restore(state), args.epochs + 1):
+        t0, sums = time.time(), {"train_loss": 0.0, "arch_loss": 0.0}
+        hidden = hidden_a = lm.model.init_hidden(args.batch_size)
+        for batch, arch_batch in lm.steps(epoch, sums):  # ALGO LOGIC: Algorithm 2 order, as on the CNN spaces
+            arch_loss, hidden_a = lm_arch_step(lm.model, A, arch_opt, arch_batch, hidden_a, space.node_slices)
+            prox_c2_(A)
+            path = derive_genotype(space, A).recurrent  # A_bar = prox_C1(A) as (activation, input) pairs
+            # ALGO LOGIC: the weight step runs A_bar's single path only (one input, one activation per node)
+            train_loss, hidden = spaces.lm_weight_step(lm.model, lm.opt, batch, hidden, path, args.grad_clip, args.ar, args.tar)
+            sums["train_loss"], sums["arch_loss"] = sums["train_loss"] + train_loss, sums["arch_loss"] + arch_loss
+        genotype = derive_genotype(space, A)
+        lm.end_epoch(state, {"epoch": epoch, "epoch_time_s": time.time() - t0, "genotype": str(genotype),
+                             **{f"entropy_{g}": h for g, h in mean_entropy(A).items()}}, sums, genotype.recurrent, A)
+    return lm.finish("nasp", derive_genotype(space, A), A)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     data.refuse_torchrun("nasp.py trains only the selected child each step and has no multi-process search: run it as one "
                          "process, not under torchrun")
+    if args.space == "rnn":
+        return rnn_search(args, argv)
     torch.manual_seed(args.seed)
     device = data.resolve_device(args.device)
     # everything that can fail on bad input happens before the run directory exists
@@ -288,11 +342,9 @@ def main(argv=None) -> dict:
     paired, test_loader, info = data.search_loaders(
         args.dataset, args.data_dir, args.batch_size, bilevel=not args.single_level, seed=args.seed,
         train_portion=args.train_portion, split_file=args.split_file, train_subset=args.train_subset)
-    table = data.load_table(args.nb201_table) if args.nb201_table else None
-    nb101 = data.load_nb101(args.nb101_table) if args.nb101_table else None
+    table, nb101 = (args.nb201_table and data.load_table(args.nb201_table)), (args.nb101_table and data.load_nb101(args.nb101_table))
     model = space.supernet(args.C, args.layers, info.num_classes, in_channels=info.channels, edge=NaspEdge).to(device)
-    A = init_arch(space, device)
-    rel_size = size_weights(space, device)
+    A, rel_size = init_arch(space, device), size_weights(space, device)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.epochs, eta_min=args.lr_min)
     arch_opt = torch.optim.Adam(A.values(), args.arch_lr, betas=tuple(args.arch_betas), weight_decay=args.arch_wd)
@@ -318,8 +370,7 @@ def main(argv=None) -> dict:
             abar = discretize(A, slices, keep, values)
             t_weight = time.time()
             train_loss, train_acc = weight_step(model, abar, opt, x, y, args.grad_clip)
-            times["arch_step_s"] += t_weight - t_arch
-            times["weight_step_s"] += time.time() - t_weight
+            times["arch_step_s"], times["weight_step_s"] = times["arch_step_s"] + t_weight - t_arch, times["weight_step_s"] + time.time() - t_weight
             changes += sum(int(not torch.equal(abar[g], prev[g])) for g in abar)
             prev = abar
             for k, v in zip(sums, (train_loss, train_acc, arch_loss, arch_acc)):
@@ -331,10 +382,8 @@ def main(argv=None) -> dict:
                    "epoch_time_s": time.time() - t0, **times, "abar_changes": changes,
                    "size_term": float(size_penalty(abar, rel_size)), "genotype": str(genotype)}
         metrics.update({f"entropy_{g}": h for g, h in mean_entropy(A).items()})
-        metrics.update(data.oracle_metrics(table, genotype, args.dataset))
-        metrics.update(data.nb101_metrics(nb101, genotype, args.space))
-        run.end_epoch(state, metrics, A,
-                      show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes", "oracle_test"))
+        metrics.update({**data.oracle_metrics(table, genotype, args.dataset), **data.nb101_metrics(nb101, genotype, args.space)})
+        run.end_epoch(state, metrics, A, show=("train_loss", "train_acc", "arch_acc", "entropy_normal", "abar_changes", "oracle_test"))
 
     abar = discretize(A, slices, keep, values)
     test_loss, test_acc = data.evaluate(model, test_loader, test_augment, device, child_specs(abar))  # the child, as the official validation

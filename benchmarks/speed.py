@@ -25,6 +25,11 @@ Benchmarks:
         child trained as a plain discrete network. Target: <= 1.2x the child's time.
   memory  Peak memory of a DARTS search step vs a PC-DARTS (partial channels) one (benchmarks/memory.py, each in a
         fresh process). Target: PC-DARTS <= 0.45x.
+  rnn  One search step on the recurrent cell space (--space rnn) as darts.py / nasp.py take it: DARTS first order,
+        second order and NASP (architecture step + weight step, hidden states carried on, DARTS' search dropouts,
+        random tokens), and the weight steps alone (DARTS' mixture vs NASP's single path). Set beside NASP's Table 3
+        (search GPU-days: DARTS 0.5 / 1, NASP 0.1, i.e. 5x / 10x) as targets. Default size: DARTS' search cell
+        (nhid 300, bptt 35, PTB's 10,000 words) at batch 64 (--rnn-batch 256 for DARTS' own).
 Ratios are always "baseline / candidate" so that bigger is better: a time target of <= 0.8x reads >= 1.25x.
 
 Usage:
@@ -32,6 +37,7 @@ Usage:
     python benchmarks/speed.py --quick            # 3 rounds
     python benchmarks/speed.py --only nasp --threads 2 --json speed.json
     python benchmarks/speed.py --only nasp-table5 --threads 1 --repeats 2 --warmup 0
+    python benchmarks/speed.py --only rnn --threads 1 --rnn-batch 32
 Prints the machine and library versions first. Exit status 1 with --strict when a target is missed.
 """
 from __future__ import annotations
@@ -76,6 +82,10 @@ class BenchConfig:
     seed: int = 0
     nb201_C: int = 16
     nb201_N: int = 5
+    rnn_nhid: int = 300  # DARTS' rnn search: emsize = nhid = 300, batch 256, bptt 35, PTB vocabulary 10,000
+    rnn_batch: int = 64
+    rnn_bptt: int = 35
+    rnn_vocab: int = 10_000
 
 
 @dataclass
@@ -324,6 +334,70 @@ def bench_nasp_table5(cfg: BenchConfig, op_sets=(7, 12)) -> list[Row]:
     return rows
 
 
+# ---------------------------------------------------------------------------------------------- rnn
+RNN_PAPER = {"darts_1st": 0.5 / 0.1, "darts_2nd": 1.0 / 0.1}  # NASP Table 3, GPU-days: DARTS 0.5 / 1, NASP 0.1
+
+
+def rnn_step_fns(cfg: BenchConfig) -> dict[str, Callable[[], object]]:
+    """One search step on the recurrent cell space as the algos files take it (architecture step, then weight step,
+    hidden states carried on), random tokens, every dropout at DARTS' search setting: DARTS first order, second
+    order, NASP; and the weight steps alone (DARTS' mixture vs NASP's single path of a random A_bar)."""
+    dev, bptt, B = cfg.device, cfg.rnn_bptt, cfg.rnn_batch
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batch, arch_batch = [tuple(torch.randint(0, cfg.rnn_vocab, (bptt, B), generator=gen).to(dev) for _ in range(2))
+                         for _ in range(2)]
+    lm_args = dict(dropout=0.75, dropouth=0.25, dropoutx=0.75, dropouti=0.2, dropoute=0.0)
+    fns = {}
+    for name in ("darts_1st", "darts_2nd", "nasp", "darts_w", "nasp_w"):
+        torch.manual_seed(cfg.seed)
+        space = nasp.nasp_space(None, "rnn") if name.startswith("nasp") else spaces.get_space("rnn")
+        model = space.supernet(cfg.rnn_vocab, cfg.rnn_nhid, cfg.rnn_nhid, **lm_args).to(dev)
+        opt = torch.optim.SGD(model.parameters(), 20.0, weight_decay=5e-7)
+        arch = (nasp.init_arch if name.startswith("nasp") else darts.init_alphas)(space, dev)
+        if name.startswith("nasp"):  # a random A in [0, 1] (a random single path)
+            with torch.no_grad():
+                arch["recurrent"].copy_(torch.rand(arch["recurrent"].shape, generator=torch.Generator().manual_seed(cfg.seed)))
+        arch_opt = torch.optim.Adam(arch.values(), 3e-3, weight_decay=1e-3)
+        fns[name] = _rnn_step(name, space, model, opt, arch, arch_opt, batch, arch_batch, B)
+    return fns
+
+
+def _rnn_step(name, space, model, opt, arch, arch_opt, batch, arch_batch, B) -> Callable[[], None]:
+    state = {"h": model.init_hidden(B), "ha": model.init_hidden(B)}
+
+    def step():
+        if name == "darts_1st":
+            _, state["ha"] = darts.lm_arch_step(model, arch, arch_opt, arch_batch, state["ha"])
+        elif name == "darts_2nd":
+            grads, _, state["ha"] = darts.lm_unrolled_arch_grads(model, arch, batch, state["h"], arch_batch, state["ha"],
+                                                                 20.0, 5e-7, 0.25)
+            arch_opt.zero_grad(set_to_none=True)
+            for a, g in zip(arch.values(), grads):
+                a.grad = g
+            arch_opt.step()
+        elif name == "nasp":
+            _, state["ha"] = nasp.lm_arch_step(model, arch, arch_opt, arch_batch, state["ha"], space.node_slices)
+            nasp.prox_c2_(arch)
+        if name.startswith("nasp"):
+            w = nasp.derive_genotype(space, arch).recurrent  # A_bar's single path
+        else:
+            with torch.no_grad():
+                w = darts.mixture_weights(arch)
+        _, state["h"] = spaces.lm_weight_step(model, opt, batch, state["h"], w, 0.25, 0.0, 1e-3)
+    return step
+
+
+def bench_rnn(cfg: BenchConfig) -> list[Row]:
+    """NASP vs DARTS first / second order per search step on the recurrent cell space (interleaved rounds)."""
+    med = {k: median_ms(v) for k, v in interleaved_times(rnn_step_fns(cfg), cfg.repeats, cfg.warmup, cfg.device).items()}
+    size = f"nhid {cfg.rnn_nhid} batch {cfg.rnn_batch} bptt {cfg.rnn_bptt}"
+    rows = [Row("rnn", f"search step vs {base.replace('_', ' ')} ({size})", base, "nasp", med[base], med["nasp"],
+                med[base] / med["nasp"], RNN_PAPER[base], med, RNN_PAPER[base], "paper: GPU-days of the search")
+            for base in ("darts_1st", "darts_2nd")]
+    return rows + [Row("rnn", f"weight step ({size})", "darts_w", "nasp_w", med["darts_w"], med["nasp_w"],
+                       med["darts_w"] / med["nasp_w"], None, med)]
+
+
 # ---------------------------------------------------------------------------------------------- xautodl
 def _xautodl():
     """TinyNetworkDarts / TinyNetworkGDAS from the xautodl package (AutoDL-Projects), or None when absent."""
@@ -463,6 +537,7 @@ BENCHMARKS: dict[str, Callable[[BenchConfig], list[Row]]] = {
     "xautodl": bench_xautodl,
     "single_path": bench_single_path,
     "memory": bench_memory,
+    "rnn": bench_rnn,
 }
 
 
@@ -479,6 +554,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=BenchConfig.image_size, help="input resolution (random images)")
     p.add_argument("--nb201-C", type=int, default=BenchConfig.nb201_C, help="NB201 supernet channels (xautodl, single_path)")
     p.add_argument("--nb201-N", type=int, default=BenchConfig.nb201_N, help="NB201 cells per stage (xautodl, single_path)")
+    p.add_argument("--rnn-nhid", type=int, default=BenchConfig.rnn_nhid, help="rnn: emsize = nhid")
+    p.add_argument("--rnn-batch", type=int, default=BenchConfig.rnn_batch, help="rnn: batch size (DARTS' search: 256)")
+    p.add_argument("--rnn-bptt", type=int, default=BenchConfig.rnn_bptt, help="rnn: BPTT window")
+    p.add_argument("--rnn-vocab", type=int, default=BenchConfig.rnn_vocab, help="rnn: vocabulary size (random tokens)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models, batches and random architectures")
@@ -517,7 +596,8 @@ def main(argv=None) -> list[Row]:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = BenchConfig(args.batch_size, args.C, args.layers, args.image_size, repeats=3 if args.quick else args.repeats,
-                      warmup=args.warmup, device=args.device, seed=args.seed, nb201_C=args.nb201_C, nb201_N=args.nb201_N)
+                      warmup=args.warmup, device=args.device, seed=args.seed, nb201_C=args.nb201_C, nb201_N=args.nb201_N,
+                      rnn_nhid=args.rnn_nhid, rnn_batch=args.rnn_batch, rnn_bptt=args.rnn_bptt, rnn_vocab=args.rnn_vocab)
     info = machine_info()
     print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
     print("config:  " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()), flush=True)
