@@ -8,6 +8,9 @@ Contents (skip to the part you need):
     I.4  search splits and paired (weight, architecture) batches: NB201 split files, `PairedBatches`, `search_loaders`
     I.5  ImageNet search subsets (PC-DARTS' protocol): per-class subsets, ImageFolder images, `imagenet_search_loaders`
     I.6  benchmark tables and oracle look-ups: `load_table`, `oracle_metrics`
+    I.7  NAS-Bench-101 without TensorFlow: TFRecord reader (CRC-32C), ModelMetrics decoder, cache, `nb101_metrics`
+    I.8  word-level language-model corpora (PTB, WikiText-2): vocabulary, `batchify`, BPTT windows
+    I.9  inpainting (ASNG-NAS): image sets, masks, PSNR / SSIM
   Part II -- running a job
     II.1 command-line types (`type=` helpers) and cross-flag checks, the run flags (`add_run_args`)
     II.2 run directory and logs: one atomic writer, the run directory (created, reused when it holds no result,
@@ -17,7 +20,8 @@ Contents (skip to the part you need):
          non-finite values, Ctrl-C / SIGTERM with the resume command
     II.5 torchrun helpers: process group, DDP, gradient and metric averaging, cross-rank checks
     II.6 `evaluate`: loss and accuracy of a (super)network over a loader
-    II.7 `cli`: a command line's main() with one-line errors
+    II.7 the recurrent-cell search run shared by darts.py and nasp.py (`LMSearch`, the language-model flags)
+    II.8 `cli`: a command line's main() with one-line errors
 
 I.1 Conventions. Every dataset is held in memory as uint8 NHWC numpy arrays and served as uint8 NCHW batches;
 `Augment` does crop/flip/normalise/cutout on whole batches (on any device), so loading is never the bottleneck.
@@ -718,6 +722,410 @@ def oracle_metrics(table: dict | None, genotype, dataset: str) -> dict[str, floa
             out[f"oracle_{split}"] = row[f"{prefix}_{split}_200"]
     return out
 
+
+
+# ------------------------- I.7 NAS-Bench-101 without TensorFlow: TFRecord, ModelMetrics, cache, 1Shot1 regret
+# Record layout (google-research/nasbench nasbench/api.py): each TFRecord record is the JSON list [module_hash,
+# epochs, adjacency as a 0/1 string, ops joined by ',', base64 ModelMetrics]; one record per training repeat (3 per
+# cell and budget); the final evaluation is evaluation_data[2]. ModelMetrics (nasbench/lib/model_metrics.proto):
+# 1 evaluation_data (repeated message), 2 trainable_parameters (int32); EvaluationData: 1 current_epoch,
+# 2 training_time, 3 train_accuracy, 4 validation_accuracy, 5 test_accuracy (doubles). Decoded by hand (no protobuf).
+# TFRecord framing: uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data (little-endian).
+# Best single-run errors per 1Shot1 space, automl/nasbench-1shot1 nasbench_analysis/search_spaces/search_space_{1,2,3}.py
+# (test_min_error / valid_min_error); regret there = mean error over the 3 repeats minus these
+# (experiments/analysis/experiment_database.py get_key_from_scalar_configs). We log both in percent points.
+NB1SHOT1_MIN_ERROR = {1: (0.05448716878890991, 0.049278855323791504), 2: (0.057592153549194336, 0.051582515239715576),
+                      3: (0.05338543653488159, 0.04847759008407593)}  # (test, valid)
+_CRC32C = np.arange(256, dtype=np.uint32)
+for _ in range(8):  # reflected Castagnoli polynomial 0x82F63B78, one table entry per byte value
+    _CRC32C = np.where(_CRC32C & 1, (_CRC32C >> 1) ^ np.uint32(0x82F63B78), _CRC32C >> 1).astype(np.uint32)
+
+
+def masked_crc32c(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """TFRecord's masked CRC-32C of many byte ranges of `buf` (uint8) at once: one table step per byte position,
+    vectorised over the ranges (longest first, so the ranges still running are a prefix)."""
+    order = np.argsort(-lengths, kind="stable")
+    s, n, crc = starts[order], lengths[order], np.full(len(starts), 0xFFFFFFFF, np.uint32)
+    for j in range(int(n.max(initial=0))):
+        k = int(np.searchsorted(-n, -j, side="left"))  # ranges longer than j
+        crc[:k] = _CRC32C[(crc[:k] ^ buf[s[:k] + j]) & 0xFF] ^ (crc[:k] >> 8)
+    crc = (crc ^ np.uint32(0xFFFFFFFF)).astype(np.uint64)
+    out = np.empty_like(crc)
+    out[order] = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
+    return out
+
+
+def read_tfrecord(path) -> list[bytes]:
+    """The records of a TFRecord file, every length and data CRC checked."""
+    buf = np.fromfile(path, dtype=np.uint8)
+    starts, pos = [], 0
+    while pos < len(buf):
+        if pos + 12 > len(buf):
+            raise DataError(f"{path}: truncated TFRecord header at byte {pos}")
+        n = int(buf[pos:pos + 8].view("<u8")[0])
+        starts.append(pos)
+        pos += 16 + n
+        if pos > len(buf):
+            raise DataError(f"{path}: truncated TFRecord at byte {starts[-1]} (record of {n} bytes)")
+    starts = np.array(starts, dtype=np.int64)
+    lengths = np.array([int(buf[p:p + 8].view("<u8")[0]) for p in starts], dtype=np.int64)
+    stored = lambda at: buf[(at[:, None] + np.arange(4)).ravel()].reshape(-1, 4).view("<u4")[:, 0]  # noqa: E731
+    for what, s, n, at in (("length", starts, np.full(len(starts), 8), starts + 8),
+                           ("data", starts + 12, lengths, starts + 12 + lengths)):
+        bad = np.flatnonzero(masked_crc32c(buf, s, n) != stored(at))
+        if len(bad):
+            raise DataError(f"{path}: {what} CRC mismatch in record {bad[0]} (byte {starts[bad[0]]}): corrupt file")
+    return [buf[p + 12:p + 12 + n].tobytes() for p, n in zip(starts.tolist(), lengths.tolist())]
+
+
+def _pb_fields(msg: bytes) -> dict[int, list]:
+    """Protocol-buffer wire format -> {field number: [values]}: varint -> int, 64-bit -> float (double),
+    length-delimited -> bytes, 32-bit -> bytes."""
+    out, i = {}, 0
+
+    def varint():
+        nonlocal i
+        v = shift = 0
+        while True:
+            b = msg[i]
+            i += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return v
+    try:
+        while i < len(msg):
+            key = varint()
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                v = varint()
+            elif wire == 1:
+                v, i = float(np.frombuffer(msg, "<f8", 1, i)[0]), i + 8
+            elif wire in (2, 5):
+                n = varint() if wire == 2 else 4
+                v, i = msg[i:i + n], i + n
+            else:
+                raise DataError(f"protobuf: unsupported wire type {wire}")
+            out.setdefault(field, []).append(v)
+    except (IndexError, ValueError) as err:  # ran past the end of the message
+        raise DataError(f"protobuf: truncated message ({err})") from err
+    if i != len(msg):
+        raise DataError("protobuf: truncated message")
+    return out
+
+
+def nb101_record(record: bytes) -> tuple[str, int, dict]:
+    """One NB101 TFRecord record -> (module_hash, epochs, {test, valid, train_time, params}) of its final evaluation."""
+    import base64
+    import binascii
+    try:
+        module_hash, epochs, _, _, raw = json.loads(record)
+        metrics = _pb_fields(base64.b64decode(raw, validate=True))
+        final = _pb_fields(metrics[1][2])
+        return str(module_hash), int(epochs), {"test": final[5][-1], "valid": final[4][-1],
+                                               "train_time": final[2][-1], "params": float(metrics[2][-1])}
+    except (ValueError, TypeError, KeyError, IndexError, binascii.Error) as err:  # JSONDecodeError is a ValueError
+        raise DataError(f"not an NB101 record ({type(err).__name__}: {err})") from err
+
+
+class NB101Table:
+    """NB101 at 108 epochs by module hash: mean over the repeats of test / validation accuracy and training time
+    (fractions, seconds), parameters, number of repeats; NaN where the source has no such column."""
+    COLS = ("test", "valid", "train_time", "params", "repeats")
+
+    def __init__(self, hashes, cols: dict, source: str):
+        order = np.argsort(hashes)
+        self.hashes, self.source = np.asarray(hashes, dtype="S32")[order], source
+        self.cols = {c: np.asarray(cols[c], dtype=np.float64)[order] for c in self.COLS}
+
+    @classmethod
+    def from_rows(cls, rows, source: str) -> "NB101Table":
+        """rows: (module_hash, {column: value}) pairs, several per hash (the repeats) -> means per hash."""
+        sums = {}
+        for key, row in rows:
+            acc = sums.setdefault(key, {c: [] for c in cls.COLS[:-1]})
+            for c in acc:
+                acc[c].append(row.get(c, math.nan))
+        if not sums:
+            raise DataError(f"{source} holds no 108-epoch NB101 rows")
+        cols = {c: [float(np.mean(v[c])) for v in sums.values()] for c in cls.COLS[:-1]}
+        return cls(list(sums), {**cols, "repeats": [len(v["test"]) for v in sums.values()]}, source)
+
+    def __len__(self):
+        return len(self.hashes)
+
+    def get(self, key: str) -> dict | None:
+        i = int(np.searchsorted(self.hashes, key.encode()))
+        if i == len(self.hashes) or self.hashes[i] != key.encode():
+            return None
+        return {c: float(v[i]) for c, v in self.cols.items()}
+
+
+def _nb101_cache_path(path: Path) -> Path:
+    """`<file>.nasref.npz` beside the file, or under $XDG_CACHE_HOME/nasref (~/.cache/nasref) if that folder is
+    read-only."""
+    if os.access(path.parent, os.W_OK):
+        return path.with_name(path.name + ".nasref.npz")
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasref"
+    return root / f"{path.name}.{path.stat().st_size}.nasref.npz"
+
+
+def load_nb101(path: str) -> NB101Table:
+    """An NB101 table from the official `nasbench_only108.tfrecord` / `nasbench_full.tfrecord` (108-epoch records
+    kept; the first read writes a compact cache, see _nb101_cache_path, that later reads load in about a second),
+    or from a CSV (.gz) keyed by `module_hash` or by `matrix` + `ops` columns (e.g. NASLib's sample), with
+    accuracy columns `test_accuracy` and `validation_accuracy` / `val_accuracy` (percent values are scaled to
+    fractions), and optional `params`, `training_time`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"NB101 table not found: {path}")
+    if ".csv" in p.suffixes:
+        return _nb101_from_csv(p)
+    cache, stamp = _nb101_cache_path(p), np.array([p.stat().st_size, p.stat().st_mtime_ns])
+    if cache.is_file():
+        with np.load(cache) as z:
+            if np.array_equal(z["stamp"], stamp):
+                return NB101Table(z["hashes"], {c: z[c] for c in NB101Table.COLS}, str(p))
+    rows = [(h, r) for h, e, r in map(nb101_record, read_tfrecord(p)) if e == 108]
+    table = NB101Table.from_rows(rows, str(p))
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, stamp=stamp, hashes=table.hashes, **table.cols)
+        os.replace(tmp, cache)
+    except OSError as err:  # no writable cache folder: the table is still good, the next read is slow again
+        warnings.warn(f"could not write the NB101 cache {cache}: {err}")
+    return table
+
+
+def _nb101_from_csv(p: Path) -> NB101Table:
+    import spaces  # imported here: spaces does not depend on data
+    opener = gzip.open if p.suffix == ".gz" else open
+    with opener(p, "rt", newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        head = reader.fieldnames or []
+        if "module_hash" not in head and not {"matrix", "ops"} <= set(head):
+            raise DataError(f"{p}: an NB101 CSV needs a module_hash column or matrix + ops columns (header: {head})")
+        names = {"test": ("test_accuracy",), "valid": ("validation_accuracy", "val_accuracy"),
+                 "params": ("trainable_parameters",), "train_time": ("training_time",)}
+        cols = {c: next((n for n in ns if n in head), None) for c, ns in names.items()}
+        rows = []
+        for row in reader:
+            if "module_hash" in head:
+                key = row["module_hash"]
+            else:
+                bits = [int(b) for b in row["matrix"].replace(";", "")]
+                n = math.isqrt(len(bits))
+                try:
+                    spec = spaces.NB101Spec(tuple(tuple(bits[i * n:(i + 1) * n]) for i in range(n)),
+                                            tuple(row["ops"].split(",")))
+                    key = spaces.nb101_hash(spec)
+                except spaces.GenotypeError as err:
+                    raise DataError(f"{p}: bad cell {row['matrix']} {row['ops']}: {err}") from err
+            vals = {c: float(row[n]) for c, n in cols.items() if n and row[n] not in ("", None)}
+            for c in ("test", "valid"):
+                if c in vals and vals[c] > 1.0:  # percent
+                    vals[c] /= 100.0
+            rows.append((key, vals))
+    return NB101Table.from_rows(rows, str(p))
+
+
+def nb101_metrics(table: NB101Table | None, genotype, space: str) -> dict:
+    """A derived 1Shot1 cell's NB101 numbers for metrics.jsonl: `nb101_test` / `nb101_valid` (percent, mean of the
+    repeats), `nb101_test_regret` / `nb101_valid_regret` (percent points above the space's best single run),
+    `nb101_params`, `nb101_hash`; null values and `nb101_missing` (the reason) for a cell the table lacks."""
+    if table is None:
+        return {}
+    import spaces  # imported here: spaces does not depend on data
+    null = {"nb101_test": None, "nb101_valid": None, "nb101_test_regret": None, "nb101_valid_regret": None}
+    try:
+        key = spaces.nb101_hash(genotype)
+    except (spaces.GenotypeError, AttributeError) as err:
+        return {**null, "nb101_missing": f"not an NB101 cell: {err}"}
+    row = table.get(key)
+    if row is None:
+        return {**null, "nb101_hash": key, "nb101_missing": f"hash {key} is not in {table.source}"}
+    test_min, valid_min = NB1SHOT1_MIN_ERROR[int(space.rsplit("-", 1)[1])]
+    return {"nb101_test": 100 * row["test"], "nb101_valid": 100 * row["valid"],
+            "nb101_test_regret": 100 * ((1 - row["test"]) - test_min),
+            "nb101_valid_regret": 100 * ((1 - row["valid"]) - valid_min),
+            "nb101_params": row["params"], "nb101_hash": key}
+
+
+# ----------------------------------------------------- I.8 word-level language-model corpora and BPTT windows
+LM_DIRS = {"ptb": ("penn", "ptb"), "wt2": ("wikitext-2", "wt2")}
+LM_SPLITS = ("train", "valid", "test")
+
+
+def lm_corpus(dataset: str, data_dir: str) -> dict:
+    """{'train' | 'valid' | 'test': 1-D LongTensor of token ids, 'vocab': words} from the three text files
+    ({split}.txt, ptb.{split}.txt or wiki.{split}.tokens) in `dataset` (a directory), or for ptb / wt2 in
+    --data-dir or --data-dir/{penn, ptb | wikitext-2, wt2}. Words split on whitespace, `<eos>` ends every line;
+    the vocabulary is train's words in order of first appearance, and valid / test words outside it become <unk>.
+    (DARTS' Corpus builds it over all three files: the same ids on PTB and WT2, whose valid / test words all occur
+    in train.)"""
+    if Path(dataset).is_dir():
+        dirs = [Path(dataset)]
+    elif dataset in LM_DIRS:
+        dirs = [Path(data_dir)] + [Path(data_dir) / d for d in LM_DIRS[dataset]]
+    else:
+        raise DataError(f"--dataset {dataset!r}: the rnn space reads ptb | wt2 | a directory with train/valid/test text")
+    names = lambda s: (f"{s}.txt", f"ptb.{s}.txt", f"wiki.{s}.tokens")  # noqa: E731
+    for d in dirs:
+        files = [next((d / n for n in names(s) if (d / n).is_file()), None) for s in LM_SPLITS]
+        if all(files):
+            break
+    else:
+        raise DataError(f"--dataset {dataset}: no train/valid/test text ({', '.join(names('train'))}, ...) in "
+                        f"{' or '.join(map(str, dirs))}; put the corpus there (PTB: Mikolov's ptb.*.txt, WT2: wiki.*.tokens)")
+    vocab, out = {}, {}
+    for split, path in zip(LM_SPLITS, files):
+        with open(path, encoding="utf-8") as f:
+            words = [w for line in f for w in line.split() + ["<eos>"]]
+        if split == "train":
+            vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        unk = vocab.get("<unk>")
+        if split != "train" and unk is None and any(w not in vocab for w in words):
+            raise DataError(f"{path}: words outside the training vocabulary and no <unk> in it")
+        out[split] = torch.tensor([vocab.get(w, unk) for w in words], dtype=torch.long)
+    return {**out, "vocab": list(vocab)}
+
+
+def batchify(ids: torch.Tensor, batch_size: int, device=None) -> torch.Tensor:
+    """(T, batch_size): the stream cut into batch_size contiguous columns, the remainder dropped."""
+    rows = ids.numel() // batch_size
+    if rows < 2:
+        raise DataError(f"{ids.numel()} tokens make no BPTT window at batch size {batch_size}")
+    return ids[:rows * batch_size].view(batch_size, rows).t().contiguous().to(device)
+
+
+def lm_windows(rows: int, bptt: int, rng=None, jitter: bool = False, max_delta: int = 20) -> list[tuple[int, int]]:
+    """(start, length) of the BPTT windows of one epoch over `rows` rows. rng (e.g. np.random): DARTS' random
+    lengths, bptt or (probability 0.05) bptt / 2, and with jitter (retraining) then ~ N(that, 5), at least 5 and at
+    most bptt + max_delta. Windows are cut at the stream's end."""
+    out, i = [], 0
+    while i < rows - 2:
+        n = bptt
+        if rng is not None:
+            base = bptt if rng.random() < 0.95 else bptt / 2
+            n = min(max(5, int(rng.normal(base, 5))), bptt + max_delta) if jitter else int(base)
+        out.append((i, min(n, rows - 1 - i)))
+        i += n
+    return out
+
+
+def lm_batch(source: torch.Tensor, i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = min(n, source.size(0) - 1 - i)
+    return source[i:i + n], source[i + 1:i + 1 + n]
+
+
+# ------------------------------------------------------------- I.9 inpainting: image sets, masks, PSNR / SSIM
+# ASNG-NAS's inpainting task, facts from shirakawas/ASNG-NAS inpainting/common/{utils,eval_test}.py and
+# inpainting/main_inpainting_int.py (read, not copied).
+INPAINT_MASKS = ("center", "random-pixel", "random-half")
+
+
+def _image_folder_arrays(dataset: str, data_dir: str, image_size: int) -> dict:
+    """celeba: ImageFolder DATA_DIR/celebA/{train,test} (the official layout); svhn: torchvision's SVHN in DATA_DIR.
+    Resized (shorter side) and centre-cropped to image_size, as uint8 NHWC arrays."""
+    from torchvision import datasets, transforms
+    # DEVIATION: centre-cropped to a square (the official transform only resizes the shorter side to 64 px)
+    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size)])
+    root = Path(data_dir) / "celebA"
+    if dataset == "celeba" and not (root / "train").is_dir():
+        raise DataError(f"CelebA not found: expected image folders {root}/train/<any>/*.jpg and {root}/test/<any>/")
+    out = {}
+    for split in ("train", "test"):
+        ds = datasets.ImageFolder(root / split, tf) if dataset == "celeba" else datasets.SVHN(data_dir, split, tf, download=True)
+        out[f"x_{split}"] = np.stack([np.asarray(img.convert("RGB")) for img, _ in ds])
+        out[f"y_{split}"] = np.zeros(len(ds), dtype=np.int64)
+    return out
+
+
+def inpainting_loaders(dataset: str, data_dir: str, batch_size: int, seed: int, image_size: int = 64,
+                       train_subset: int = 0, split: bool = True):
+    """(batches, test loader, channels). Images: celeba / svhn (see above) or whatever load_arrays reads, resized to
+    image_size; labels unused. split: PairedBatches over the two halves of the training images (weights, architecture;
+    the official valid_rate 0.5), else one shuffled loader over all of them."""
+    if dataset in ("celeba", "svhn"):
+        arrays = _image_folder_arrays(dataset, data_dir, image_size)
+    else:
+        arrays, _ = load_arrays(dataset, data_dir, synthetic_size=(256, 64), image_size=image_size)
+    resize = lambda x: x if x.shape[1] == image_size else F.interpolate(  # NHWC uint8 -> resized NHWC uint8
+        torch.from_numpy(x).permute(0, 3, 1, 2).float(), size=(image_size, image_size), mode="bilinear",
+        antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    x, y = take_subset(resize(arrays["x_train"]), arrays["y_train"], train_subset)
+    test = make_loader(ArrayDataset(resize(arrays["x_test"]), arrays["y_test"]), batch_size, shuffle=False, seed=seed)
+    if not split:
+        return make_loader(ArrayDataset(x, y), batch_size, shuffle=True, seed=seed), test, x.shape[-1]
+    w, a = search_split(len(y), True, 0.5)
+    return PairedBatches(make_loader(ArrayDataset(x[w], y[w]), batch_size, True, seed),
+                         make_loader(ArrayDataset(x[a], y[a]), batch_size, True, seed + 1)), test, x.shape[-1]
+
+
+def mask_images(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x (B, C, H, W) with the hidden pixels set to 0. center: the middle of each side (margins int(0.25 H), as the
+    official CenterMasking); random-pixel: every pixel (all channels) hidden with probability 0.8; random-half: one of
+    the left / top / right / bottom halves per image."""
+    B, _, H, W = x.shape
+    rows, cols = torch.arange(H)[:, None], torch.arange(W)[None]
+    if kind == "center":
+        keep = ~((rows >= int(H * 0.25)) & (rows < int(H * 0.75)) & (cols >= int(W * 0.25)) & (cols < int(W * 0.75)))
+        keep = keep.expand(B, 1, H, W)
+    elif kind == "random-pixel":
+        keep = torch.rand(B, 1, H, W, generator=generator) >= 0.8
+    elif kind == "random-half":
+        halves = torch.stack([h.expand(H, W) for h in (cols < W // 2, rows < H // 2, cols >= W // 2, rows >= H // 2)])
+        keep = ~halves[torch.randint(4, (B,), generator=generator)][:, None]
+    else:
+        raise DataError(f"unknown mask {kind!r}; choose one of {', '.join(INPAINT_MASKS)}")
+    return x * keep.to(x.device, x.dtype)
+
+
+def psnr(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per image, both clipped to [0, 1]: 10 log10(1 / MSE) (dB)."""
+    mse = (out.clamp(0, 1) - target.clamp(0, 1)).double().square().mean((1, 2, 3))
+    return -10 * torch.log10(mse)
+
+
+def ssim(out: torch.Tensor, target: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Per image, both clipped to [0, 1]: SSIM as skimage computes it for the official code (Gaussian window
+    sigma 1.5 truncated at 3.5 sigma, population covariances, data range 1, K1 0.01, K2 0.03, mean over channels of
+    the map without its border): valid convolutions give exactly the pixels skimage keeps."""
+    x, y = out.clamp(0, 1).double(), target.clamp(0, 1).double()
+    # DEVIATION: skimage needs images larger than its 11-px window; smaller ones get a window cut to fit
+    r = min(int(3.5 * sigma + 0.5), (min(x.shape[-2:]) - 1) // 2)
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64, device=x.device) / sigma) ** 2)
+    C = x.shape[1]
+    k = (g[:, None] * g[None] / g.sum() ** 2).expand(C, 1, 2 * r + 1, 2 * r + 1)
+    f = lambda t: F.conv2d(t, k, groups=C)
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean((1, 2, 3))
+
+
+@torch.no_grad()
+def evaluate_inpainting(forward, loader, mask: str, device, seed: int = 0) -> dict:
+    """Mean test MSE, PSNR and SSIM over the test images of forward(masked images) (eval mode around the call is
+    the caller's); random masks come from a generator seeded with `seed`, so every evaluation sees the same ones."""
+    gen, sums, n = torch.Generator().manual_seed(seed), torch.zeros(3, dtype=torch.float64), 0
+    for x, _ in loader:
+        x = x.to(device).float() / 255
+        y = forward(mask_images(x, mask, gen))
+        mse = (y - x).double().square().mean((1, 2, 3))  # the loss, unclipped
+        sums += torch.stack([mse.sum(), psnr(y, x).sum(), ssim(y, x).sum()]).cpu()
+        n += len(x)
+    return dict(zip(("test_mse", "test_psnr", "test_ssim"), (sums / n).tolist()))
+
+
+def inpainting_batch(x: torch.Tensor, mask: str, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 batch -> (masked input, clean target) in [0, 1], each image flipped horizontally with probability 1/2
+    (the official training transform)."""
+    x = x.to(device).float() / 255
+    x = torch.where(torch.rand(len(x), 1, 1, 1, generator=generator).to(device) < 0.5, x.flip(-1), x)
+    return mask_images(x, mask, generator), x
 
 
 # ===================================== PART II -- RUNNING A JOB =====================================
@@ -1482,421 +1890,7 @@ def evaluate(model, loader, augment, device, *arch) -> tuple[float, float]:
     return loss / n, correct / n
 
 
-# -------------------------------------------------------------------------------- II.7 the command-line entry
-def cli(main) -> None:
-    """Run a search script's main(); bad input ends with one `error: ...` line and a non-zero exit."""
-    import spaces  # imported here: spaces does not depend on data
-    try:
-        main()
-    except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
-        raise SystemExit(f"error: {err}") from None
-
-
-# ---- inpainting: image sets, masks, PSNR / SSIM (belongs in Part I: data)
-# ASNG-NAS's inpainting task, facts from shirakawas/ASNG-NAS inpainting/common/{utils,eval_test}.py and
-# inpainting/main_inpainting_int.py (read, not copied).
-INPAINT_MASKS = ("center", "random-pixel", "random-half")
-
-
-def _image_folder_arrays(dataset: str, data_dir: str, image_size: int) -> dict:
-    """celeba: ImageFolder DATA_DIR/celebA/{train,test} (the official layout); svhn: torchvision's SVHN in DATA_DIR.
-    Resized (shorter side) and centre-cropped to image_size, as uint8 NHWC arrays."""
-    from torchvision import datasets, transforms
-    # DEVIATION: centre-cropped to a square (the official transform only resizes the shorter side to 64 px)
-    tf = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size)])
-    root = Path(data_dir) / "celebA"
-    if dataset == "celeba" and not (root / "train").is_dir():
-        raise DataError(f"CelebA not found: expected image folders {root}/train/<any>/*.jpg and {root}/test/<any>/")
-    out = {}
-    for split in ("train", "test"):
-        ds = datasets.ImageFolder(root / split, tf) if dataset == "celeba" else datasets.SVHN(data_dir, split, tf, download=True)
-        out[f"x_{split}"] = np.stack([np.asarray(img.convert("RGB")) for img, _ in ds])
-        out[f"y_{split}"] = np.zeros(len(ds), dtype=np.int64)
-    return out
-
-
-def inpainting_loaders(dataset: str, data_dir: str, batch_size: int, seed: int, image_size: int = 64,
-                       train_subset: int = 0, split: bool = True):
-    """(batches, test loader, channels). Images: celeba / svhn (see above) or whatever load_arrays reads, resized to
-    image_size; labels unused. split: PairedBatches over the two halves of the training images (weights, architecture;
-    the official valid_rate 0.5), else one shuffled loader over all of them."""
-    if dataset in ("celeba", "svhn"):
-        arrays = _image_folder_arrays(dataset, data_dir, image_size)
-    else:
-        arrays, _ = load_arrays(dataset, data_dir, synthetic_size=(256, 64), image_size=image_size)
-    resize = lambda x: x if x.shape[1] == image_size else F.interpolate(  # NHWC uint8 -> resized NHWC uint8
-        torch.from_numpy(x).permute(0, 3, 1, 2).float(), size=(image_size, image_size), mode="bilinear",
-        antialias=True).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    x, y = take_subset(resize(arrays["x_train"]), arrays["y_train"], train_subset)
-    test = make_loader(ArrayDataset(resize(arrays["x_test"]), arrays["y_test"]), batch_size, shuffle=False, seed=seed)
-    if not split:
-        return make_loader(ArrayDataset(x, y), batch_size, shuffle=True, seed=seed), test, x.shape[-1]
-    w, a = search_split(len(y), True, 0.5)
-    return PairedBatches(make_loader(ArrayDataset(x[w], y[w]), batch_size, True, seed),
-                         make_loader(ArrayDataset(x[a], y[a]), batch_size, True, seed + 1)), test, x.shape[-1]
-
-
-def mask_images(x: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x (B, C, H, W) with the hidden pixels set to 0. center: the middle of each side (margins int(0.25 H), as the
-    official CenterMasking); random-pixel: every pixel (all channels) hidden with probability 0.8; random-half: one of
-    the left / top / right / bottom halves per image."""
-    B, _, H, W = x.shape
-    rows, cols = torch.arange(H)[:, None], torch.arange(W)[None]
-    if kind == "center":
-        keep = ~((rows >= int(H * 0.25)) & (rows < int(H * 0.75)) & (cols >= int(W * 0.25)) & (cols < int(W * 0.75)))
-        keep = keep.expand(B, 1, H, W)
-    elif kind == "random-pixel":
-        keep = torch.rand(B, 1, H, W, generator=generator) >= 0.8
-    elif kind == "random-half":
-        halves = torch.stack([h.expand(H, W) for h in (cols < W // 2, rows < H // 2, cols >= W // 2, rows >= H // 2)])
-        keep = ~halves[torch.randint(4, (B,), generator=generator)][:, None]
-    else:
-        raise DataError(f"unknown mask {kind!r}; choose one of {', '.join(INPAINT_MASKS)}")
-    return x * keep.to(x.device, x.dtype)
-
-
-def psnr(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per image, both clipped to [0, 1]: 10 log10(1 / MSE) (dB)."""
-    mse = (out.clamp(0, 1) - target.clamp(0, 1)).double().square().mean((1, 2, 3))
-    return -10 * torch.log10(mse)
-
-
-def ssim(out: torch.Tensor, target: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
-    """Per image, both clipped to [0, 1]: SSIM as skimage computes it for the official code (Gaussian window
-    sigma 1.5 truncated at 3.5 sigma, population covariances, data range 1, K1 0.01, K2 0.03, mean over channels of
-    the map without its border): valid convolutions give exactly the pixels skimage keeps."""
-    x, y = out.clamp(0, 1).double(), target.clamp(0, 1).double()
-    # DEVIATION: skimage needs images larger than its 11-px window; smaller ones get a window cut to fit
-    r = min(int(3.5 * sigma + 0.5), (min(x.shape[-2:]) - 1) // 2)
-    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64, device=x.device) / sigma) ** 2)
-    C = x.shape[1]
-    k = (g[:, None] * g[None] / g.sum() ** 2).expand(C, 1, 2 * r + 1, 2 * r + 1)
-    f = lambda t: F.conv2d(t, k, groups=C)
-    mx, my = f(x), f(y)
-    vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    return (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean((1, 2, 3))
-
-
-@torch.no_grad()
-def evaluate_inpainting(forward, loader, mask: str, device, seed: int = 0) -> dict:
-    """Mean test MSE, PSNR and SSIM over the test images of forward(masked images) (eval mode around the call is
-    the caller's); random masks come from a generator seeded with `seed`, so every evaluation sees the same ones."""
-    gen, sums, n = torch.Generator().manual_seed(seed), torch.zeros(3, dtype=torch.float64), 0
-    for x, _ in loader:
-        x = x.to(device).float() / 255
-        y = forward(mask_images(x, mask, gen))
-        mse = (y - x).double().square().mean((1, 2, 3))  # the loss, unclipped
-        sums += torch.stack([mse.sum(), psnr(y, x).sum(), ssim(y, x).sum()]).cpu()
-        n += len(x)
-    return dict(zip(("test_mse", "test_psnr", "test_ssim"), (sums / n).tolist()))
-
-
-def inpainting_batch(x: torch.Tensor, mask: str, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uint8 batch -> (masked input, clean target) in [0, 1], each image flipped horizontally with probability 1/2
-    (the official training transform)."""
-    x = x.to(device).float() / 255
-    x = torch.where(torch.rand(len(x), 1, 1, 1, generator=generator).to(device) < 0.5, x.flip(-1), x)
-    return mask_images(x, mask, generator), x
-
-
-# ---- NAS-Bench-101 without TensorFlow: TFRecord, ModelMetrics, cache, 1Shot1 regret (belongs in Part I: data)
-# Record layout (google-research/nasbench nasbench/api.py): each TFRecord record is the JSON list [module_hash,
-# epochs, adjacency as a 0/1 string, ops joined by ',', base64 ModelMetrics]; one record per training repeat (3 per
-# cell and budget); the final evaluation is evaluation_data[2]. ModelMetrics (nasbench/lib/model_metrics.proto):
-# 1 evaluation_data (repeated message), 2 trainable_parameters (int32); EvaluationData: 1 current_epoch,
-# 2 training_time, 3 train_accuracy, 4 validation_accuracy, 5 test_accuracy (doubles). Decoded by hand (no protobuf).
-# TFRecord framing: uint64 length, masked CRC-32C of the length, data, masked CRC-32C of the data (little-endian).
-# Best single-run errors per 1Shot1 space, automl/nasbench-1shot1 nasbench_analysis/search_spaces/search_space_{1,2,3}.py
-# (test_min_error / valid_min_error); regret there = mean error over the 3 repeats minus these
-# (experiments/analysis/experiment_database.py get_key_from_scalar_configs). We log both in percent points.
-NB1SHOT1_MIN_ERROR = {1: (0.05448716878890991, 0.049278855323791504), 2: (0.057592153549194336, 0.051582515239715576),
-                      3: (0.05338543653488159, 0.04847759008407593)}  # (test, valid)
-_CRC32C = np.arange(256, dtype=np.uint32)
-for _ in range(8):  # reflected Castagnoli polynomial 0x82F63B78, one table entry per byte value
-    _CRC32C = np.where(_CRC32C & 1, (_CRC32C >> 1) ^ np.uint32(0x82F63B78), _CRC32C >> 1).astype(np.uint32)
-
-
-def masked_crc32c(buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """TFRecord's masked CRC-32C of many byte ranges of `buf` (uint8) at once: one table step per byte position,
-    vectorised over the ranges (longest first, so the ranges still running are a prefix)."""
-    order = np.argsort(-lengths, kind="stable")
-    s, n, crc = starts[order], lengths[order], np.full(len(starts), 0xFFFFFFFF, np.uint32)
-    for j in range(int(n.max(initial=0))):
-        k = int(np.searchsorted(-n, -j, side="left"))  # ranges longer than j
-        crc[:k] = _CRC32C[(crc[:k] ^ buf[s[:k] + j]) & 0xFF] ^ (crc[:k] >> 8)
-    crc = (crc ^ np.uint32(0xFFFFFFFF)).astype(np.uint64)
-    out = np.empty_like(crc)
-    out[order] = ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF
-    return out
-
-
-def read_tfrecord(path) -> list[bytes]:
-    """The records of a TFRecord file, every length and data CRC checked."""
-    buf = np.fromfile(path, dtype=np.uint8)
-    starts, pos = [], 0
-    while pos < len(buf):
-        if pos + 12 > len(buf):
-            raise DataError(f"{path}: truncated TFRecord header at byte {pos}")
-        n = int(buf[pos:pos + 8].view("<u8")[0])
-        starts.append(pos)
-        pos += 16 + n
-        if pos > len(buf):
-            raise DataError(f"{path}: truncated TFRecord at byte {starts[-1]} (record of {n} bytes)")
-    starts = np.array(starts, dtype=np.int64)
-    lengths = np.array([int(buf[p:p + 8].view("<u8")[0]) for p in starts], dtype=np.int64)
-    stored = lambda at: buf[(at[:, None] + np.arange(4)).ravel()].reshape(-1, 4).view("<u4")[:, 0]  # noqa: E731
-    for what, s, n, at in (("length", starts, np.full(len(starts), 8), starts + 8),
-                           ("data", starts + 12, lengths, starts + 12 + lengths)):
-        bad = np.flatnonzero(masked_crc32c(buf, s, n) != stored(at))
-        if len(bad):
-            raise DataError(f"{path}: {what} CRC mismatch in record {bad[0]} (byte {starts[bad[0]]}): corrupt file")
-    return [buf[p + 12:p + 12 + n].tobytes() for p, n in zip(starts.tolist(), lengths.tolist())]
-
-
-def _pb_fields(msg: bytes) -> dict[int, list]:
-    """Protocol-buffer wire format -> {field number: [values]}: varint -> int, 64-bit -> float (double),
-    length-delimited -> bytes, 32-bit -> bytes."""
-    out, i = {}, 0
-
-    def varint():
-        nonlocal i
-        v = shift = 0
-        while True:
-            b = msg[i]
-            i += 1
-            v |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                return v
-    try:
-        while i < len(msg):
-            key = varint()
-            field, wire = key >> 3, key & 7
-            if wire == 0:
-                v = varint()
-            elif wire == 1:
-                v, i = float(np.frombuffer(msg, "<f8", 1, i)[0]), i + 8
-            elif wire in (2, 5):
-                n = varint() if wire == 2 else 4
-                v, i = msg[i:i + n], i + n
-            else:
-                raise DataError(f"protobuf: unsupported wire type {wire}")
-            out.setdefault(field, []).append(v)
-    except (IndexError, ValueError) as err:  # ran past the end of the message
-        raise DataError(f"protobuf: truncated message ({err})") from err
-    if i != len(msg):
-        raise DataError("protobuf: truncated message")
-    return out
-
-
-def nb101_record(record: bytes) -> tuple[str, int, dict]:
-    """One NB101 TFRecord record -> (module_hash, epochs, {test, valid, train_time, params}) of its final evaluation."""
-    import base64
-    import binascii
-    try:
-        module_hash, epochs, _, _, raw = json.loads(record)
-        metrics = _pb_fields(base64.b64decode(raw, validate=True))
-        final = _pb_fields(metrics[1][2])
-        return str(module_hash), int(epochs), {"test": final[5][-1], "valid": final[4][-1],
-                                               "train_time": final[2][-1], "params": float(metrics[2][-1])}
-    except (ValueError, TypeError, KeyError, IndexError, binascii.Error) as err:  # JSONDecodeError is a ValueError
-        raise DataError(f"not an NB101 record ({type(err).__name__}: {err})") from err
-
-
-class NB101Table:
-    """NB101 at 108 epochs by module hash: mean over the repeats of test / validation accuracy and training time
-    (fractions, seconds), parameters, number of repeats; NaN where the source has no such column."""
-    COLS = ("test", "valid", "train_time", "params", "repeats")
-
-    def __init__(self, hashes, cols: dict, source: str):
-        order = np.argsort(hashes)
-        self.hashes, self.source = np.asarray(hashes, dtype="S32")[order], source
-        self.cols = {c: np.asarray(cols[c], dtype=np.float64)[order] for c in self.COLS}
-
-    @classmethod
-    def from_rows(cls, rows, source: str) -> "NB101Table":
-        """rows: (module_hash, {column: value}) pairs, several per hash (the repeats) -> means per hash."""
-        sums = {}
-        for key, row in rows:
-            acc = sums.setdefault(key, {c: [] for c in cls.COLS[:-1]})
-            for c in acc:
-                acc[c].append(row.get(c, math.nan))
-        if not sums:
-            raise DataError(f"{source} holds no 108-epoch NB101 rows")
-        cols = {c: [float(np.mean(v[c])) for v in sums.values()] for c in cls.COLS[:-1]}
-        return cls(list(sums), {**cols, "repeats": [len(v["test"]) for v in sums.values()]}, source)
-
-    def __len__(self):
-        return len(self.hashes)
-
-    def get(self, key: str) -> dict | None:
-        i = int(np.searchsorted(self.hashes, key.encode()))
-        if i == len(self.hashes) or self.hashes[i] != key.encode():
-            return None
-        return {c: float(v[i]) for c, v in self.cols.items()}
-
-
-def _nb101_cache_path(path: Path) -> Path:
-    """`<file>.nasref.npz` beside the file, or under $XDG_CACHE_HOME/nasref (~/.cache/nasref) if that folder is
-    read-only."""
-    if os.access(path.parent, os.W_OK):
-        return path.with_name(path.name + ".nasref.npz")
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nasref"
-    return root / f"{path.name}.{path.stat().st_size}.nasref.npz"
-
-
-def load_nb101(path: str) -> NB101Table:
-    """An NB101 table from the official `nasbench_only108.tfrecord` / `nasbench_full.tfrecord` (108-epoch records
-    kept; the first read writes a compact cache, see _nb101_cache_path, that later reads load in about a second),
-    or from a CSV (.gz) keyed by `module_hash` or by `matrix` + `ops` columns (e.g. NASLib's sample), with
-    accuracy columns `test_accuracy` and `validation_accuracy` / `val_accuracy` (percent values are scaled to
-    fractions), and optional `params`, `training_time`."""
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"NB101 table not found: {path}")
-    if ".csv" in p.suffixes:
-        return _nb101_from_csv(p)
-    cache, stamp = _nb101_cache_path(p), np.array([p.stat().st_size, p.stat().st_mtime_ns])
-    if cache.is_file():
-        with np.load(cache) as z:
-            if np.array_equal(z["stamp"], stamp):
-                return NB101Table(z["hashes"], {c: z[c] for c in NB101Table.COLS}, str(p))
-    rows = [(h, r) for h, e, r in map(nb101_record, read_tfrecord(p)) if e == 108]
-    table = NB101Table.from_rows(rows, str(p))
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=f".{cache.name}.", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, stamp=stamp, hashes=table.hashes, **table.cols)
-        os.replace(tmp, cache)
-    except OSError as err:  # no writable cache folder: the table is still good, the next read is slow again
-        warnings.warn(f"could not write the NB101 cache {cache}: {err}")
-    return table
-
-
-def _nb101_from_csv(p: Path) -> NB101Table:
-    import spaces  # imported here: spaces does not depend on data
-    opener = gzip.open if p.suffix == ".gz" else open
-    with opener(p, "rt", newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        head = reader.fieldnames or []
-        if "module_hash" not in head and not {"matrix", "ops"} <= set(head):
-            raise DataError(f"{p}: an NB101 CSV needs a module_hash column or matrix + ops columns (header: {head})")
-        names = {"test": ("test_accuracy",), "valid": ("validation_accuracy", "val_accuracy"),
-                 "params": ("trainable_parameters",), "train_time": ("training_time",)}
-        cols = {c: next((n for n in ns if n in head), None) for c, ns in names.items()}
-        rows = []
-        for row in reader:
-            if "module_hash" in head:
-                key = row["module_hash"]
-            else:
-                bits = [int(b) for b in row["matrix"].replace(";", "")]
-                n = math.isqrt(len(bits))
-                try:
-                    spec = spaces.NB101Spec(tuple(tuple(bits[i * n:(i + 1) * n]) for i in range(n)),
-                                            tuple(row["ops"].split(",")))
-                    key = spaces.nb101_hash(spec)
-                except spaces.GenotypeError as err:
-                    raise DataError(f"{p}: bad cell {row['matrix']} {row['ops']}: {err}") from err
-            vals = {c: float(row[n]) for c, n in cols.items() if n and row[n] not in ("", None)}
-            for c in ("test", "valid"):
-                if c in vals and vals[c] > 1.0:  # percent
-                    vals[c] /= 100.0
-            rows.append((key, vals))
-    return NB101Table.from_rows(rows, str(p))
-
-
-def nb101_metrics(table: NB101Table | None, genotype, space: str) -> dict:
-    """A derived 1Shot1 cell's NB101 numbers for metrics.jsonl: `nb101_test` / `nb101_valid` (percent, mean of the
-    repeats), `nb101_test_regret` / `nb101_valid_regret` (percent points above the space's best single run),
-    `nb101_params`, `nb101_hash`; null values and `nb101_missing` (the reason) for a cell the table lacks."""
-    if table is None:
-        return {}
-    import spaces  # imported here: spaces does not depend on data
-    null = {"nb101_test": None, "nb101_valid": None, "nb101_test_regret": None, "nb101_valid_regret": None}
-    try:
-        key = spaces.nb101_hash(genotype)
-    except (spaces.GenotypeError, AttributeError) as err:
-        return {**null, "nb101_missing": f"not an NB101 cell: {err}"}
-    row = table.get(key)
-    if row is None:
-        return {**null, "nb101_hash": key, "nb101_missing": f"hash {key} is not in {table.source}"}
-    test_min, valid_min = NB1SHOT1_MIN_ERROR[int(space.rsplit("-", 1)[1])]
-    return {"nb101_test": 100 * row["test"], "nb101_valid": 100 * row["valid"],
-            "nb101_test_regret": 100 * ((1 - row["test"]) - test_min),
-            "nb101_valid_regret": 100 * ((1 - row["valid"]) - valid_min),
-            "nb101_params": row["params"], "nb101_hash": key}
-
-
-# ---- word-level language models: corpora, BPTT windows, the recurrent-cell search run (belongs in Part I: data;
-# LMSearch in Part II). Facts from quark0/darts rnn/ (data.py, utils.py, train_search.py, train.py); no code copied.
-LM_DIRS = {"ptb": ("penn", "ptb"), "wt2": ("wikitext-2", "wt2")}
-LM_SPLITS = ("train", "valid", "test")
-
-
-def lm_corpus(dataset: str, data_dir: str) -> dict:
-    """{'train' | 'valid' | 'test': 1-D LongTensor of token ids, 'vocab': words} from the three text files
-    ({split}.txt, ptb.{split}.txt or wiki.{split}.tokens) in `dataset` (a directory), or for ptb / wt2 in
-    --data-dir or --data-dir/{penn, ptb | wikitext-2, wt2}. Words split on whitespace, `<eos>` ends every line;
-    the vocabulary is train's words in order of first appearance, and valid / test words outside it become <unk>.
-    (DARTS' Corpus builds it over all three files: the same ids on PTB and WT2, whose valid / test words all occur
-    in train.)"""
-    if Path(dataset).is_dir():
-        dirs = [Path(dataset)]
-    elif dataset in LM_DIRS:
-        dirs = [Path(data_dir)] + [Path(data_dir) / d for d in LM_DIRS[dataset]]
-    else:
-        raise DataError(f"--dataset {dataset!r}: the rnn space reads ptb | wt2 | a directory with train/valid/test text")
-    names = lambda s: (f"{s}.txt", f"ptb.{s}.txt", f"wiki.{s}.tokens")  # noqa: E731
-    for d in dirs:
-        files = [next((d / n for n in names(s) if (d / n).is_file()), None) for s in LM_SPLITS]
-        if all(files):
-            break
-    else:
-        raise DataError(f"--dataset {dataset}: no train/valid/test text ({', '.join(names('train'))}, ...) in "
-                        f"{' or '.join(map(str, dirs))}; put the corpus there (PTB: Mikolov's ptb.*.txt, WT2: wiki.*.tokens)")
-    vocab, out = {}, {}
-    for split, path in zip(LM_SPLITS, files):
-        with open(path, encoding="utf-8") as f:
-            words = [w for line in f for w in line.split() + ["<eos>"]]
-        if split == "train":
-            vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
-        unk = vocab.get("<unk>")
-        if split != "train" and unk is None and any(w not in vocab for w in words):
-            raise DataError(f"{path}: words outside the training vocabulary and no <unk> in it")
-        out[split] = torch.tensor([vocab.get(w, unk) for w in words], dtype=torch.long)
-    return {**out, "vocab": list(vocab)}
-
-
-def batchify(ids: torch.Tensor, batch_size: int, device=None) -> torch.Tensor:
-    """(T, batch_size): the stream cut into batch_size contiguous columns, the remainder dropped."""
-    rows = ids.numel() // batch_size
-    if rows < 2:
-        raise DataError(f"{ids.numel()} tokens make no BPTT window at batch size {batch_size}")
-    return ids[:rows * batch_size].view(batch_size, rows).t().contiguous().to(device)
-
-
-def lm_windows(rows: int, bptt: int, rng=None, jitter: bool = False, max_delta: int = 20) -> list[tuple[int, int]]:
-    """(start, length) of the BPTT windows of one epoch over `rows` rows. rng (e.g. np.random): DARTS' random
-    lengths, bptt or (probability 0.05) bptt / 2, and with jitter (retraining) then ~ N(that, 5), at least 5 and at
-    most bptt + max_delta. Windows are cut at the stream's end."""
-    out, i = [], 0
-    while i < rows - 2:
-        n = bptt
-        if rng is not None:
-            base = bptt if rng.random() < 0.95 else bptt / 2
-            n = min(max(5, int(rng.normal(base, 5))), bptt + max_delta) if jitter else int(base)
-        out.append((i, min(n, rows - 1 - i)))
-        i += n
-    return out
-
-
-def lm_batch(source: torch.Tensor, i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = min(n, source.size(0) - 1 - i)
-    return source[i:i + n], source[i + 1:i + 1 + n]
-
-
+# ---------------------------------------- II.7 the recurrent-cell search run (darts.py / nasp.py --space rnn)
 def add_lm_args(p, **defaults) -> None:
     """The language model's flags (rnn/train_search.py defaults unless given)."""
     d = {"emsize": 300, "nhid": 300, "bptt": 35, "dropout": 0.75, "dropouth": 0.25, "dropoutx": 0.75, "dropouti": 0.2,
@@ -1961,3 +1955,13 @@ class LMSearch:
                   "search_time_s": time.time() - self.run.start,
                   "alphas": {g: a.detach().cpu().tolist() for g, a in arch.items()}}
         return self.run.finish(result, genotype, spaces.genotype_to_dot(genotype))
+
+
+# -------------------------------------------------------------------------------- II.8 the command-line entry
+def cli(main) -> None:
+    """Run a search script's main(); bad input ends with one `error: ...` line and a non-zero exit."""
+    import spaces  # imported here: spaces does not depend on data
+    try:
+        main()
+    except (DataError, spaces.SpaceError, spaces.GenotypeError) as err:
+        raise SystemExit(f"error: {err}") from None
