@@ -133,21 +133,6 @@ def test_sigkill_mid_epoch_and_sigint_then_resume_match_the_uninterrupted_run(tm
         assert outputs(tmp_path / name) == outputs(tmp_path / "ref"), name
 
 
-def test_sigint_before_the_first_checkpoint_leaves_no_directory(tmp_path, tiny_npz):
-    args = ["--space", "nb201", "--layers", "1", "--C", "4", "--batch-size", "8", "--train-subset", "2000",
-            "--epochs", "2", "--dataset", "synthetic", "--out-dir", str(tmp_path), "--run-name", "early"]
-    proc = _cli("darts", *args)
-    t0 = time.time()
-    while not (tmp_path / "early" / "args.json").exists():
-        assert time.time() - t0 < 60 and proc.poll() is None
-        time.sleep(0.02)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and "nothing was kept" in err
-    assert not (tmp_path / "early").exists()
-
-
 @pytest.fixture
 def finished(tmp_path, tiny_npz):
     import darts
