@@ -257,14 +257,14 @@ def test_retrain_resume_equals_uninterrupted_run_through_the_asgd_switch(corpus,
         train_eval.main([*common, "--run-name", "killed"])
     monkeypatch.setattr(data, "save_checkpoint", real_save)
     torch.manual_seed(123)
-    resumed = train_eval.main(["--resume", str(tmp_path / "killed")])
+    resumed = train_eval.main([*common, "--run-name", "killed", "--resume"])
     a, b = (torch.load(tmp_path / n / "checkpoint.pt", weights_only=True) for n in ("straight", "killed"))
-    for k, v in a["model"].items():
-        assert torch.equal(v, b["model"][k]), k
+    for k, v in a["state"]["model"].items():
+        assert torch.equal(v, b["state"]["model"][k]), k
     keys = ("train_ppl", "valid_ppl", "next_optimizer")
     assert [[m[k] for k in keys] for m in a["history"]] == [[m[k] for k in keys] for m in b["history"]]
     assert straight["test_ppl"] == resumed["test_ppl"]
-    assert straight["asgd_from_epoch"] == resumed["asgd_from_epoch"] == 3 and "ax" in str(a["optimizer"]["state"][0].keys())
+    assert straight["asgd_from_epoch"] == resumed["asgd_from_epoch"] == 3 and "ax" in str(a["state"]["asgd"]["state"][0].keys())
 
 
 # ---------------------------------------------------------------------------------------------- refusals
