@@ -407,7 +407,7 @@ def plot_panels(out: Path, curves: dict, rows: list, gaps: list, nasp_curves: di
         for i, lab in enumerate(labels):
             vals = [r["oracle_c10_test"] for r in nb if r["label"] == lab]
             ax.scatter([i] * len(vals), vals, color="k", s=14, label="our seeds" if i == 0 else None)
-            ax.bar(i, statistics.fmean(vals), color="C0", alpha=0.5)
+            ax.scatter(i, statistics.fmean(vals), color="C0", marker="_", s=400, label="our mean" if i == 0 else None)
             if PAPER_NB201[lab] is not None:
                 ax.scatter(i, PAPER_NB201[lab], marker="*", s=120, color="red", zorder=4,
                            label="paper" if lab == "DARTS (bilevel)" else None)
@@ -441,18 +441,20 @@ def plot_panels(out: Path, curves: dict, rows: list, gaps: list, nasp_curves: di
         save(fig, "nasp_fig2.png")
     sw = [r for r in rows if r.get("setting")]
     if sw:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        ticks, names = [], []
         for i, lab in enumerate(("ASNG", "DARTS (bilevel)")):
             settings = list(dict.fromkeys(r["setting"] for r in sw if r["label"] == lab))
             for k, st in enumerate(settings):
                 vals = [r["oracle_c10_test"] for r in sw if r["label"] == lab and r["setting"] == st]
                 x = i * (len(settings) + 1) + k
-                ax.scatter([x] * len(vals), vals, color=f"C{i}", s=14)
-                ax.bar(x, statistics.fmean(vals), color=f"C{i}", alpha=0.4, label=lab if k == 0 else None)
-                ax.text(x, 1, st.replace("arch lr ", "lr ").replace("delta ", "δ").replace(", lambda ", " λ"),
-                        rotation=90, fontsize=6, ha="center", va="bottom")
-        ax.set_xticks([])
-        ax.set(ylabel="NB201 oracle C10 test acc. (%)", title="ASNG robustness vs DARTS arch-lr sensitivity (dots: seeds)")
+                ax.scatter([x] * len(vals), vals, color=f"C{i}", s=16, label=lab if k == 0 else None)
+                ax.scatter(x, statistics.fmean(vals), color=f"C{i}", marker="_", s=400)
+                ticks.append(x)
+                names.append(st.replace("arch lr ", "lr ").replace("delta ", "δ=").replace(", lambda ", ", λ="))
+        ax.set_xticks(ticks, names, rotation=30, ha="right", fontsize=7)
+        ax.set(ylabel="NB201 oracle C10 test acc. (%)",
+               title="ASNG over (δ_init, λ) vs DARTS over its arch lr (dots: seeds, bar: mean)")
         ax.legend(fontsize=7)
         save(fig, "asng_robustness.png")
     return made
@@ -559,7 +561,7 @@ def report(args, runs: list, table: dict, n_train: int, wall: float) -> dict:
         rows.append(row)
     lines = [f"# The seed papers' claims on this machine ({args.scale} scale)", "",
              f"Command: `python benchmarks/claims.py {' '.join(sys.argv[1:]) if sys.argv[0].endswith('claims.py') else ''}`".rstrip(),
-             "", setting_text(args, wall), ""]
+             "", setting_text(args, wall, sum(r["search_s"] for r in rows)), ""]
     lines += entropy_section(args, rows, curves, verdicts) + gap_section(args, rows, gaps, verdicts)
     lines += nb201_section(args, rows, verdicts) + nasp_section(args, rows, nasp_curves, verdicts)
     lines += asng_section(args, rows, verdicts)
@@ -572,7 +574,7 @@ def report(args, runs: list, table: dict, n_train: int, wall: float) -> dict:
     return verdicts
 
 
-def setting_text(args, wall: float) -> str:
+def setting_text(args, wall: float, search_s: float) -> str:
     sizes = "; ".join(f"{sp}: {' '.join(f)}" for sp, f in SIZES[args.scale].items())
     epochs = ", ".join(f"{g} {e if e is None else max(1, round(e * args.epoch_scale))}" for g, e in EPOCHS[args.scale].items())
     data_text = (f"{args.dataset} (the algos files' own defaults)" if args.scale == "paper" else
@@ -581,8 +583,9 @@ def setting_text(args, wall: float) -> str:
     return (f"**Protocol.** Data: {data_text}. Supernet sizes ({args.scale}): {sizes}. Epochs per group: {epochs}"
             f"{' (epoch scale ' + str(args.epoch_scale) + ': a REDUCED run)' if args.epoch_scale != 1 else ''}. "
             f"Seeds: {args.seeds} per method, {args.sweep_seeds} per sweep setting. Device {args.device}, {args.jobs} "
-            f"searches at a time, {args.threads} thread(s) each; wall time of this invocation {wall / 60:.1f} min "
-            "(runs reused from an earlier invocation count as zero). Changes for the small scale, the same for "
+            f"searches at a time, {args.threads} thread(s) each; the {len(plan(args))} searches took "
+            f"{search_s / 60:.1f} min of process time in all (sum of their own wall times), this invocation "
+            f"{wall / 60:.1f} min wall (runs reused from an earlier invocation count as zero). Changes for the small scale, the same for "
             "both methods of every pair: warm-up 0 epochs (GAEA PC-DARTS' release has none; PC-DARTS waits 15 of 50, "
             "GAEA GDAS 50 of its epochs; the curves are drawn against architecture steps, so the warm-up only "
             "changes how trained the weights are when the architecture starts to move); 16 px images; one cell per "
