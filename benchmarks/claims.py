@@ -312,6 +312,26 @@ def fmt(values: list, digits: int = 2) -> str:
     return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
 
 
+# Written before the numbers: what could keep a true claim from showing at the cpu scale, and the run that decides it.
+DECIDE = {
+    "entropy": "At the cpu scale the supernets are 1-3 cells on 16 px images and the DARTS space gets 384 "
+               "architecture steps (GAEA's search: 50 epochs x 98 steps = 4,900 at batch 256 on 25k images); EG moves "
+               "a weight by the exponent of lr x its gradient, so small gradients of a small supernet move it little. "
+               "Deciding run: `python benchmarks/claims.py --paper-scale --device cuda --panels entropy gap`.",
+    "gap": "A supernet whose weights are still near uniform loses most of its accuracy when discretised, whatever the "
+           "method; the gap only tells the methods apart once panel 1's entropies have separated. Deciding run: as "
+           "for panel 1 (the gap is read from the same checkpoints).",
+    "nb201": "Small supernets (C=8, one cell per stage) and ~1,000-2,000 architecture steps: DARTS' collapse to "
+             "skip connections needs long searches (NB201: 50 epochs on 25k images). Deciding run: "
+             "`python benchmarks/claims.py --paper-scale --device cuda --panels nb201`.",
+    "nasp": "Wall times are measured on a shared machine (searches run two at a time beside other work); the ratio "
+            "of the methods' times is the stable part. NB201 has 6 edges and 4-5 ops, so NASP's saving (one op per "
+            "edge in the weight step) is smaller than on the DARTS space's 14 edges x 8 ops. Deciding run: "
+            "`--paper-scale --device cuda --panels nasp` (NB201 at C=16, N=5, 50 epochs).",
+    "asng": "Two seeds per setting at ~1,000 steps: seed noise may exceed setting effects. Deciding run: "
+            "`--paper-scale --device cuda --panels asng --sweep-seeds 3`.",
+}
+
 RULES = {
     "entropy": "Per pair, the final normalised entropy H/ln K of each seed. **Reproduced** if every GAEA seed ends "
                "below every base-method seed and the gap of the means exceeds the seed spread (largest max - min over "
@@ -604,6 +624,7 @@ def entropy_section(args, rows, curves, verdicts) -> list:
            "**Claim** (GAEA Sec. 4.1, Fig. 1): GAEA's op-weight entropy falls far below its base method's during the "
            "search, on the DARTS space, NAS-Bench-1Shot1 and NB201 (the paper shows curves, no table of numbers). "
            "Also GAEA GDAS vs GDAS (entropy of the sampling distribution).", "", f"**Rule.** {RULES['entropy']}", "",
+           f"**What could hide a true claim here.** {DECIDE['entropy']}", "",
            "| pair | method | seeds | arch steps | final H / ln K (mean ± std) | verdict |", "|---|---|---|---|---|---|"]
     for pair, (gaea, base) in (("darts", ("GAEA PC-DARTS", "PC-DARTS")), ("nb1shot1-1", ("GAEA PC-DARTS", "PC-DARTS")),
                                ("nb201", ("GAEA DARTS (ERM)", "DARTS (ERM)")), ("gdas", ("GAEA GDAS", "GDAS"))):
@@ -629,6 +650,7 @@ def gap_section(args, rows, gaps, verdicts) -> list:
            "**Claim** (GAEA Sec. 4.1): supernet accuracy before -> after discretisation, same weights: PC-DARTS "
            "72.17% -> 15.27%, GAEA PC-DARTS 75.07% -> 33.23%: GAEA's sparser weights lose less.", "",
            f"**Rule.** {RULES['gap']}", "",
+           f"**What could hide a true claim here.** {DECIDE['gap']}", "",
            f"Measured on {VALID_IMAGES[args.scale]} held-out training images (after the search subset, never the test "
            "set) from the final checkpoint of each DARTS-space run of panel 1. *Search BN* = the running statistics "
            "collected during the search under the mixture (the paper's protocol as we read it: discretise and "
@@ -660,6 +682,7 @@ def nb201_section(args, rows, verdicts) -> list:
            "[unverified] vs DARTS 54.30, which collapses to the all-skip cell in every NB201 run); GAEA GDAS vs GDAS "
            "(93.61) is the issue's ordering (GAEA GDAS's own number is not in our reference notes).", "",
            f"**Rule.** {RULES['nb201']}", "",
+           f"**What could hide a true claim here.** {DECIDE['nb201']}", "",
            "| method | seeds | oracle C10 test (mean ± std) | parameter-free cells | paper |", "|---|---|---|---|---|"]
     for label, paper in PAPER_NB201.items():
         rs = [r for r in nb if r["label"] == label]
@@ -685,6 +708,7 @@ def nasp_section(args, rows, nasp_curves, verdicts) -> list:
     out = ["## 4. NASP Figures 3 and 2", "", "**Claim** (NASP Fig. 3): NASP's supernet reaches DARTS' validation accuracy "
            "in much less search time than DARTS (1st and 2nd order), same space and budget (the paper shows curves).",
            "", f"**Rule.** {RULES['nasp_fig3']}", "",
+           f"**What could hide a true claim here.** {DECIDE['nasp']}", "",
            "| method | seeds | search time s (mean ± std) | final validation acc. % | epochs |", "|---|---|---|---|---|"]
     groups = {}
     for r in rows:
@@ -731,7 +755,9 @@ def asng_section(args, rows, verdicts) -> list:
     out = ["## 5. ASNG's robustness to its hyperparameters", "",
            "**Claim** (ASNG-NAS, Sec. 1 and experiments): the adaptive step size makes the search robust to its "
            "hyperparameters (delta_init, lambda), unlike gradient-based NAS' sensitivity to its learning rates.", "",
-           f"**Rule.** {RULES['asng']}", "", "| method | setting | seeds | oracle C10 test % |", "|---|---|---|---|"]
+           f"**Rule.** {RULES['asng']}", "",
+           f"**What could hide a true claim here.** {DECIDE['asng']}", "",
+           "| method | setting | seeds | oracle C10 test % |", "|---|---|---|---|"]
     sens, within = {}, []
     for lab in ("ASNG", "DARTS (bilevel)"):
         sw = [r for r in rows if r["label"] == lab and r["setting"]]
