@@ -1260,7 +1260,8 @@ def add_run_args(p) -> None:
 
 
 # -------------------------------------------------------------------------------- II.2 run directory and logs
-RESULT_FILES = ("checkpoint.pt", "metrics.jsonl", "genotype.json", "summary.json")  # a directory with none is unused
+CHECKPOINT = "checkpoint.pt"
+RESULT_FILES = (CHECKPOINT, "metrics.jsonl", "genotype.json", "summary.json")  # a directory with none is unused
 LOCK = ".lock"  # "<host> <pid>" of the process that owns a run directory
 
 
@@ -1379,7 +1380,6 @@ def make_run_dir(out_dir: str, name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------ II.3 checkpoint / resume
-CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "nasref-checkpoint-1"  # the key that tells a nasref checkpoint from any other file
 # flags that may differ between a run and its resumption (they change where or how it is watched, not what it computes)
 RESUMABLE_FLAGS = frozenset({"resume", "device", "data_dir", "out_dir", "run_name", "tensorboard", "log_every", "workers"})
